@@ -1,0 +1,56 @@
+/*
+** What the Lua bindings share: the per-state context and helpers to raise
+** structured errors. Only lua_*.c files include this.
+*/
+#ifndef EMBER_LUA_COMMON_H
+#define EMBER_LUA_COMMON_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "future.h"
+#include "loop.h"
+
+/*
+** One per Lua state that loaded ember.core; it lives in a full userdata that
+** is an upvalue of every ember.core function (so it outlives them all).
+*/
+typedef struct {
+  /* A thread of our own, never resumed, on which callbacks from C run. */
+  lua_State *L;
+  ember_loop_t *loop;
+  int tasks_ref;   /* registry ref: table coroutine -> its task's future */
+  int closing;     /* the state is being closed: no more Lua calls */
+} ember_lua_ctx_t;
+
+#define EMBER_LUA_CTX(L) ((ember_lua_ctx_t *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* Registers `funcs` into the table on top, each with the context as upvalue
+** (the context userdata must be at `ctx_index`). */
+void ember__lua_setfuncs(lua_State *L, int ctx_index, const luaL_Reg *funcs);
+
+/* Pushes an ember.Error {code = "ETIMEDOUT", message = ...}. */
+void ember__lua_push_error(lua_State *L, int code, const char *message);
+
+/* Raises an ember.Error; never returns. */
+int ember__lua_raise(lua_State *L, int code, const char *fmt, ...);
+
+/* A future payload holding a Lua value (a registry reference). */
+extern const ember_payload_type_t ember__lua_value_payload;
+
+/*
+** How a binding teaches futures to push another module's payload to Lua
+** (for example a decoded RPC reply). `push` pushes one value; it may raise.
+*/
+typedef void (*ember_lua_push_payload_fn)(lua_State *L, void *data);
+int ember__lua_register_payload(const ember_payload_type_t *type,
+                                ember_lua_push_payload_fn push);
+
+/* Pushes a new Lua handle on `future`, taking one reference of the caller's. */
+void ember__lua_push_future(lua_State *L, ember_future_t *future);
+ember_future_t *ember__lua_check_future(lua_State *L, int index);
+
+/* Module openers, called by luaopen_ember_core with the context at index 1. */
+void ember__lua_open_future(lua_State *L);
+
+#endif

@@ -1,0 +1,647 @@
+/*
+** Lua bindings for futures, tasks (coroutines driven by futures) and timers.
+**
+** A Lua future is a small userdata holding one reference to a C future; a Lua
+** value stored in a future lives in the registry until the future is freed.
+** Callbacks from C run on the context's own thread inside lua_pcall, so an
+** error in Lua code never unwinds through C.
+**
+** A task is a coroutine started by ember.spawn. `wait()` inside a task adds a
+** callback that resumes the coroutine and yields; outside any task it runs the
+** loop until the future completes.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "lua_common.h"
+
+#define FUTURE_METATABLE "ember.Future"
+#define MAX_PAYLOAD_PUSHERS 16
+
+typedef struct {
+  ember_future_t *future; /* NULL once released */
+} future_box_t;
+
+/* What a task yields while it waits; any other yield is a mistake. */
+static const char wait_sentinel = 'w';
+
+/* --- Lua values as future payloads ---------------------------------------- */
+
+typedef struct {
+  ember_lua_ctx_t *ctx;
+  int ref;
+} lua_value_t;
+
+static void drop_lua_value(void *data) {
+  lua_value_t *value = data;
+  if (!value->ctx->closing)
+    luaL_unref(value->ctx->L, LUA_REGISTRYINDEX, value->ref);
+  free(value);
+}
+
+const ember_payload_type_t ember__lua_value_payload = {"lua", drop_lua_value};
+
+/* Pops the value on top of L into a new payload; NULL if out of memory. */
+static lua_value_t *pop_lua_value(ember_lua_ctx_t *ctx, lua_State *L) {
+  lua_value_t *value = malloc(sizeof(*value));
+  if (value == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  value->ctx = ctx;
+  value->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return value;
+}
+
+static struct {
+  const ember_payload_type_t *type;
+  ember_lua_push_payload_fn push;
+} pushers[MAX_PAYLOAD_PUSHERS];
+
+int ember__lua_register_payload(const ember_payload_type_t *type,
+                                ember_lua_push_payload_fn push) {
+  for (int i = 0; i < MAX_PAYLOAD_PUSHERS; i++) {
+    if (pushers[i].type == NULL || pushers[i].type == type) {
+      pushers[i].type = type;
+      pushers[i].push = push;
+      return 0;
+    }
+  }
+  return EMBER_ENOMEM;
+}
+
+/* Pushes the result or error value of a completed future. */
+static void push_payload(lua_State *L, ember_future_t *future) {
+  const ember_payload_type_t *type;
+  void *data = ember_future_payload(future, &type);
+
+  if (type == &ember__lua_value_payload) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ((lua_value_t *)data)->ref);
+  } else if (ember_future_state(future) == EMBER_FUTURE_FAILED &&
+             (type == NULL || type == &ember_message_payload)) {
+    ember__lua_push_error(L, ember_future_error_code(future), data);
+  } else if (type == NULL) {
+    lua_pushnil(L);
+  } else if (type == &ember_message_payload) {
+    lua_pushstring(L, data);
+  } else {
+    for (int i = 0; i < MAX_PAYLOAD_PUSHERS && pushers[i].type != NULL; i++) {
+      if (pushers[i].type == type) {
+        pushers[i].push(L, data);
+        return;
+      }
+    }
+    luaL_error(L, "a future holds a '%s' value that Lua cannot read",
+               type->name);
+  }
+}
+
+/* Returns the value of a completed future, or raises its error. */
+static int push_outcome(lua_State *L, ember_future_t *future) {
+  ember_future_mark_observed(future);
+  push_payload(L, future);
+  if (ember_future_state(future) == EMBER_FUTURE_FAILED)
+    return lua_error(L);
+  return 1;
+}
+
+/* --- The Future type ------------------------------------------------------- */
+
+void ember__lua_push_future(lua_State *L, ember_future_t *future) {
+  future_box_t *box = lua_newuserdatauv(L, sizeof(*box), 0);
+  box->future = NULL; /* created safe: nothing to release yet */
+  luaL_setmetatable(L, FUTURE_METATABLE);
+  box->future = future;
+}
+
+ember_future_t *ember__lua_check_future(lua_State *L, int index) {
+  future_box_t *box = luaL_checkudata(L, index, FUTURE_METATABLE);
+  if (box->future == NULL)
+    luaL_argerror(L, index, "the future was closed");
+  return box->future;
+}
+
+static ember_future_t *new_future_or_raise(lua_State *L) {
+  ember_future_t *future = ember_future_new();
+  if (future == NULL)
+    luaL_error(L, "out of memory creating a future");
+  return future;
+}
+
+static int future_new(lua_State *L) {
+  ember_future_t *future = new_future_or_raise(L);
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+static int future_done(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  lua_pushboolean(L, ember_future_state(future) != EMBER_FUTURE_PENDING);
+  return 1;
+}
+
+static int future_failed(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  lua_pushboolean(L, ember_future_state(future) == EMBER_FUTURE_FAILED);
+  return 1;
+}
+
+static void complete_with_top(lua_State *L, ember_lua_ctx_t *ctx,
+                              ember_future_t *future, int failed,
+                              const char *what) {
+  lua_value_t *value;
+  int err;
+
+  if (ember_future_state(future) != EMBER_FUTURE_PENDING)
+    luaL_error(L, "%s: the future was already completed", what);
+  if ((value = pop_lua_value(ctx, L)) == NULL)
+    luaL_error(L, "%s: out of memory", what);
+  err = failed ? ember_future_set_error(future, EMBER_EFAILED,
+                                        &ember__lua_value_payload, value)
+               : ember_future_set_result(future, &ember__lua_value_payload,
+                                         value);
+  if (err != 0) {
+    drop_lua_value(value);
+    luaL_error(L, "%s: %s", what, ember_strerror(err));
+  }
+}
+
+static int future_set_result(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  lua_settop(L, 2);
+  complete_with_top(L, EMBER_LUA_CTX(L), future, 0, "set_result");
+  return 0;
+}
+
+static int future_set_exception(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  luaL_argexpected(L, !lua_isnoneornil(L, 2), 2, "an error value");
+  lua_settop(L, 2);
+  complete_with_top(L, EMBER_LUA_CTX(L), future, 1, "set_exception");
+  return 0;
+}
+
+static int future_value(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  if (ember_future_state(future) == EMBER_FUTURE_PENDING)
+    return ember__lua_raise(L, EMBER_EPENDING,
+                            "value() on a pending future; use wait()");
+  return push_outcome(L, future);
+}
+
+/* --- Running Lua from C callbacks ------------------------------------------- */
+
+/*
+** Message handler: a string error gets the traceback appended; an
+** ember.Error without one gets it as its `traceback` field.
+*/
+static int add_traceback(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  } else if (lua_type(L, 1) == LUA_TTABLE &&
+             luaL_getmetafield(L, 1, "__name") == LUA_TSTRING &&
+             strcmp(lua_tostring(L, -1), "ember.Error") == 0 &&
+             lua_getfield(L, 1, "traceback") == LUA_TNIL) {
+    luaL_traceback(L, L, NULL, 1);
+    lua_setfield(L, 1, "traceback");
+    lua_settop(L, 1);
+  } else {
+    lua_settop(L, 1);
+  }
+  return 1;
+}
+
+/* The same, for the stack of a task that died with its error on top. */
+static void add_task_traceback(lua_State *L, lua_State *co) {
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *message = lua_tostring(L, -1);
+    luaL_traceback(L, co, message, 0);
+    lua_remove(L, -2);
+  }
+}
+
+static void report_callback_error(lua_State *L, const char *where) {
+  const char *message = luaL_tolstring(L, -1, NULL);
+  fprintf(stderr, "ember: error in %s: %s\n", where, message);
+  fflush(stderr);
+  lua_pop(L, 2);
+}
+
+/*
+** Runs `fn(L)` protected on the context's thread: memory errors while pushing
+** arguments cannot escape into C either. Returns the lua_pcall status.
+*/
+static int call_protected(ember_lua_ctx_t *ctx, lua_CFunction fn, void *a,
+                          void *b) {
+  lua_State *L = ctx->L;
+  int status;
+  if (!lua_checkstack(L, 4))
+    return LUA_ERRMEM;
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, a);
+  lua_pushlightuserdata(L, b);
+  status = lua_pcall(L, 2, 0, 0);
+  if (status != LUA_OK)
+    report_callback_error(L, "an ember callback");
+  return status;
+}
+
+/* --- Callbacks added from Lua (add_done_callback, next) --------------------- */
+
+typedef struct {
+  ember_lua_ctx_t *ctx;
+  int fn_ref;
+  ember_future_t *child; /* next(): completed with fn's outcome */
+} lua_callback_t;
+
+static void free_lua_callback(lua_callback_t *callback) {
+  if (!callback->ctx->closing)
+    luaL_unref(callback->ctx->L, LUA_REGISTRYINDEX, callback->fn_ref);
+  if (callback->child != NULL)
+    ember_future_release(callback->child);
+  free(callback);
+}
+
+/* Protected: fn(future); for next(), completes the child with the outcome. */
+static int run_lua_callback(lua_State *L) {
+  lua_callback_t *callback = lua_touserdata(L, 1);
+  ember_future_t *future = lua_touserdata(L, 2);
+  int status;
+
+  lua_settop(L, 0);
+  lua_pushcfunction(L, add_traceback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, callback->fn_ref);
+  ember_future_retain(future);
+  ember__lua_push_future(L, future);
+  status = lua_pcall(L, 1, 1, 1);
+  if (callback->child == NULL) {
+    if (status != LUA_OK)
+      report_callback_error(L, "a future callback");
+    return 0;
+  }
+  if (status == LUA_OK) {
+    complete_with_top(L, callback->ctx, callback->child, 0, "next");
+  } else {
+    lua_value_t *value = pop_lua_value(callback->ctx, L);
+    if (value == NULL)
+      return luaL_error(L, "next: out of memory");
+    ember_future_set_error(callback->child, EMBER_EFAILED,
+                           &ember__lua_value_payload, value);
+  }
+  return 0;
+}
+
+static void lua_callback_cb(ember_future_t *future, void *arg) {
+  lua_callback_t *callback = arg;
+  if (future != NULL && !callback->ctx->closing &&
+      call_protected(callback->ctx, run_lua_callback, callback, future) !=
+          LUA_OK &&
+      callback->child != NULL) {
+    ember_future_fail(callback->child, EMBER_ENOMEM,
+                      "out of memory running a next() callback");
+  }
+  free_lua_callback(callback);
+}
+
+static void add_lua_callback(lua_State *L, ember_future_t *future,
+                             int fn_index, ember_future_t *child) {
+  lua_callback_t *callback = malloc(sizeof(*callback));
+  if (callback == NULL) {
+    if (child != NULL)
+      ember_future_release(child);
+    luaL_error(L, "out of memory adding a callback");
+  }
+  callback->ctx = EMBER_LUA_CTX(L);
+  lua_pushvalue(L, fn_index);
+  callback->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  callback->child = child;
+  if (ember_future_add_callback(future, lua_callback_cb, callback) != 0) {
+    free_lua_callback(callback);
+    luaL_error(L, "out of memory adding a callback");
+  }
+}
+
+static void check_callable(lua_State *L, int index) {
+  if (lua_type(L, index) != LUA_TFUNCTION &&
+      luaL_getmetafield(L, index, "__call") == LUA_TNIL)
+    luaL_typeerror(L, index, "function");
+  if (lua_type(L, index) != LUA_TFUNCTION)
+    lua_pop(L, 1); /* the __call field */
+}
+
+static int future_add_done_callback(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  check_callable(L, 2);
+  add_lua_callback(L, future, 2, NULL);
+  return 0;
+}
+
+static int future_next(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  ember_future_t *child;
+  check_callable(L, 2);
+  child = new_future_or_raise(L);
+  ember_future_retain(child); /* one for the callback, one for the handle */
+  ember__lua_push_future(L, child);
+  add_lua_callback(L, future, 2, child); /* takes the callback's reference */
+  return 1;
+}
+
+/* --- Tasks ------------------------------------------------------------------ */
+
+/* Pushes tasks[co] (the task's future handle) or nil. */
+static int push_task_future(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->tasks_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return !lua_isnil(L, -1);
+}
+
+static void forget_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->tasks_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Completes the task's future with the value (or error) on top of L. */
+static void finish_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co,
+                        int failed) {
+  ember_future_t *future;
+  push_task_future(L, ctx, co);
+  future = ember__lua_check_future(L, -1);
+  lua_pop(L, 1);
+  forget_task(L, ctx, co);
+  /* Someone may have completed the task's future by hand: keep theirs. */
+  if (ember_future_state(future) != EMBER_FUTURE_PENDING)
+    lua_pop(L, 1);
+  else
+    complete_with_top(L, ctx, future, failed, "task");
+}
+
+/*
+** Resumes a task with `nargs` values on its stack. `from` is the thread that
+** resumes it. When the task waits again it has already arranged its wake-up.
+*/
+static void resume_task(lua_State *from, ember_lua_ctx_t *ctx, lua_State *co,
+                        int nargs) {
+  int nresults;
+  int status = lua_resume(co, from, nargs, &nresults);
+
+  if (status == LUA_YIELD) {
+    int waiting = nresults == 1 && lua_touserdata(co, -1) == &wait_sentinel;
+    lua_pop(co, nresults);
+    if (waiting)
+      return;
+    lua_pushliteral(from, "a task called coroutine.yield(); inside "
+                          "ember.spawn, pause with fut:wait() or ember.sleep()");
+    finish_task(from, ctx, co, 1);
+    return;
+  }
+  if (status == LUA_OK) {
+    /* A task's value is the first value its function returned. */
+    if (nresults > 0)
+      lua_pop(co, nresults - 1);
+    else
+      lua_pushnil(co);
+    lua_xmove(co, from, 1);
+    finish_task(from, ctx, co, 0);
+    return;
+  }
+  lua_xmove(co, from, 1);
+  add_task_traceback(from, co);
+  lua_resetthread(co); /* runs pending to-be-closed variables */
+  finish_task(from, ctx, co, 1);
+}
+
+/* ember.spawn(fn, ...): runs fn(...) as a task now; returns its future. */
+static int core_spawn(lua_State *L) {
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  int nargs = lua_gettop(L) - 1;
+  lua_State *co;
+
+  check_callable(L, 1);
+  lua_settop(L, nargs + 1);
+  co = lua_newthread(L);
+  lua_insert(L, 1); /* keep the thread on our stack while it runs */
+  future_new(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->tasks_ref);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_insert(L, 2); /* [thread, future, fn, args...] */
+  lua_xmove(L, co, nargs + 1);
+  resume_task(L, ctx, co, nargs);
+  lua_settop(L, 2);
+  return 1;
+}
+
+typedef struct {
+  ember_lua_ctx_t *ctx;
+  int thread_ref;
+} waker_t;
+
+/* Protected: resumes the waiting task. */
+static int run_waker(lua_State *L) {
+  waker_t *waker = lua_touserdata(L, 1);
+  lua_State *co;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, waker->thread_ref);
+  co = lua_tothread(L, -1);
+  resume_task(L, waker->ctx, co, 0);
+  return 0;
+}
+
+static void waker_cb(ember_future_t *future, void *arg) {
+  waker_t *waker = arg;
+  if (future != NULL && !waker->ctx->closing)
+    call_protected(waker->ctx, run_waker, waker, NULL);
+  if (!waker->ctx->closing)
+    luaL_unref(waker->ctx->L, LUA_REGISTRYINDEX, waker->thread_ref);
+  free(waker);
+}
+
+static int is_task(lua_State *L, ember_lua_ctx_t *ctx) {
+  int found;
+  if (lua_pushthread(L)) { /* the main thread is never a task */
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pop(L, 1);
+  found = push_task_future(L, ctx, L);
+  lua_pop(L, 1);
+  return found;
+}
+
+static int future_wait_k(lua_State *L, int status, lua_KContext k) {
+  (void)status;
+  (void)k;
+  return push_outcome(L, ember__lua_check_future(L, 1));
+}
+
+static int future_wait(lua_State *L) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  int err;
+
+  lua_settop(L, 1);
+  if (ember_future_state(future) != EMBER_FUTURE_PENDING)
+    return push_outcome(L, future);
+  if (is_task(L, ctx)) {
+    waker_t *waker;
+    if (!lua_isyieldable(L))
+      return luaL_error(L, "wait(): cannot pause here (inside a metamethod "
+                           "or C function that cannot yield)");
+    if ((waker = malloc(sizeof(*waker))) == NULL)
+      return luaL_error(L, "wait(): out of memory");
+    waker->ctx = ctx;
+    lua_pushthread(L);
+    waker->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (ember_future_add_callback(future, waker_cb, waker) != 0) {
+      luaL_unref(L, LUA_REGISTRYINDEX, waker->thread_ref);
+      free(waker);
+      return luaL_error(L, "wait(): out of memory");
+    }
+    lua_pushlightuserdata(L, (void *)&wait_sentinel);
+    return lua_yieldk(L, 1, 0, future_wait_k);
+  }
+  err = ember_loop_run_until(ctx->loop, future);
+  if (err == EMBER_EBUSY)
+    return luaL_error(L, "wait(): not in an ember task, and the loop is "
+                         "already running (a callback or a plain coroutine "
+                         "cannot block it); use fut:next() or ember.spawn()");
+  if (err == EMBER_EDEADLOCK)
+    return ember__lua_raise(L, EMBER_EDEADLOCK,
+                            "wait(): the future can never complete: the loop "
+                            "has nothing left to do");
+  return push_outcome(L, future);
+}
+
+/* --- Timers and running the loop ------------------------------------------- */
+
+static int core_timer(lua_State *L) {
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  lua_Number seconds = luaL_checknumber(L, 1);
+  ember_future_t *future;
+  int err;
+
+  luaL_argcheck(L, seconds >= 0 && seconds < 1e9, 1,
+                "seconds must be between 0 and 1e9");
+  err = ember_loop_timer(ctx->loop, (uint64_t)(seconds * 1000.0 + 0.999),
+                         &future);
+  if (err != 0)
+    return luaL_error(L, "timer: %s", ember_strerror(err));
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+/* run(future): runs the loop until it completes; run(): until idle. */
+static int core_run(lua_State *L) {
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  int err;
+  if (lua_isnoneornil(L, 1))
+    err = ember_loop_run(ctx->loop);
+  else
+    err = ember_loop_run_until(ctx->loop, ember__lua_check_future(L, 1));
+  if (err == EMBER_EDEADLOCK)
+    return ember__lua_raise(L, err, "the future can never complete: the loop "
+                                    "has nothing left to do");
+  if (err != 0)
+    return ember__lua_raise(L, err, "run: %s", ember_strerror(err));
+  return 0;
+}
+
+static int core_in_task(lua_State *L) {
+  lua_pushboolean(L, is_task(L, EMBER_LUA_CTX(L)));
+  return 1;
+}
+
+/* --- Metamethods ------------------------------------------------------------ */
+
+static void warn_unobserved_error(lua_State *L, ember_future_t *future) {
+  if (!lua_checkstack(L, 3))
+    return;
+  push_payload(L, future);
+  fprintf(stderr, "ember: a failed future was dropped without anyone "
+                  "reading its error: %s\n",
+          luaL_tolstring(L, -1, NULL));
+  fflush(stderr);
+  lua_pop(L, 2);
+}
+
+static int future_gc(lua_State *L) {
+  future_box_t *box = luaL_checkudata(L, 1, FUTURE_METATABLE);
+  ember_future_t *future = box->future;
+  if (future == NULL)
+    return 0;
+  box->future = NULL;
+  if (ember_future_refs(future) == 1 &&
+      ember_future_state(future) == EMBER_FUTURE_FAILED &&
+      !ember_future_observed(future))
+    warn_unobserved_error(L, future);
+  ember_future_release(future);
+  return 0;
+}
+
+static int future_tostring(lua_State *L) {
+  future_box_t *box = luaL_checkudata(L, 1, FUTURE_METATABLE);
+  static const char *const states[] = {"pending", "done", "failed"};
+  if (box->future == NULL)
+    lua_pushliteral(L, "ember.Future (closed)");
+  else
+    lua_pushfstring(L, "ember.Future (%s): %p",
+                    states[ember_future_state(box->future)],
+                    (void *)box->future);
+  return 1;
+}
+
+static int future_eq(lua_State *L) {
+  future_box_t *a = luaL_testudata(L, 1, FUTURE_METATABLE);
+  future_box_t *b = luaL_testudata(L, 2, FUTURE_METATABLE);
+  lua_pushboolean(L, a != NULL && b != NULL && a->future == b->future);
+  return 1;
+}
+
+static const luaL_Reg future_methods[] = {
+    {"done", future_done},
+    {"failed", future_failed},
+    {"value", future_value},
+    {"wait", future_wait},
+    {"set_result", future_set_result},
+    {"set_exception", future_set_exception},
+    {"add_done_callback", future_add_done_callback},
+    {"next", future_next},
+    {"then", future_next},
+    {NULL, NULL}};
+
+static const luaL_Reg future_metamethods[] = {{"__gc", future_gc},
+                                              {"__close", future_gc},
+                                              {"__tostring", future_tostring},
+                                              {"__eq", future_eq},
+                                              {NULL, NULL}};
+
+static const luaL_Reg core_funcs[] = {{"Future", future_new},
+                                      {"spawn", core_spawn},
+                                      {"timer", core_timer},
+                                      {"run", core_run},
+                                      {"in_task", core_in_task},
+                                      {NULL, NULL}};
+
+/* Expects the context at index 1 and the module table at index 2. */
+void ember__lua_open_future(lua_State *L) {
+  luaL_newmetatable(L, FUTURE_METATABLE);
+  ember__lua_setfuncs(L, 1, future_metamethods);
+  lua_newtable(L);
+  ember__lua_setfuncs(L, 1, future_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  ember__lua_setfuncs(L, 1, core_funcs);
+  lua_pop(L, 1);
+}
