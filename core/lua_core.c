@@ -95,6 +95,12 @@ static int core_live_futures(lua_State *L) {
   return 1;
 }
 
+/* Monotonic wall-clock seconds, for timing (os.clock is CPU time). */
+static int core_clock(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
 static int core_cuda_device_count(lua_State *L) {
   int count = 0;
   int err = ember_cuda_device_count(&count);
@@ -139,6 +145,7 @@ static void push_context(lua_State *L) {
 static const luaL_Reg core_funcs[] = {{"is_error", core_is_error},
                                       {"new_error", core_new_error},
                                       {"live_futures", core_live_futures},
+                                      {"clock", core_clock},
                                       {"cuda_device_count", core_cuda_device_count},
                                       {NULL, NULL}};
 

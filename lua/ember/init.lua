@@ -40,6 +40,9 @@ function ember.after(seconds, fn, ...)
   end, ...)
 end
 
+-- ember.clock(): monotonic wall-clock seconds, for measuring time.
+ember.clock = core.clock
+
 -- ember.run([future]): runs the loop until the future completes, or until
 -- nothing is left to do. Scripts under `ember run` never need it.
 ember.run = core.run

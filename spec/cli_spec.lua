@@ -1,0 +1,167 @@
+-- The ember executable: commands, exit status, errors, scripts, the REPL.
+local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+
+-- Runs a shell command bounded in time; returns output (stdout and stderr
+-- together unless split) and the exit status.
+local function sh(command, input)
+  local script = os.tmpname()
+  if input then
+    local f = assert(io.open(script, "w"))
+    f:write(input)
+    f:close()
+  end
+  local pipe = assert(io.popen(("timeout 60 %s < %s 2>&1"):format(
+    command, input and script or "/dev/null")))
+  local output = pipe:read("a")
+  local _, _, status = pipe:close()
+  os.remove(script)
+  return output, status
+end
+
+local function write_temp(source)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(source)
+  f:close()
+  return path
+end
+
+describe("ember", function()
+  it("prints its version", function()
+    local out, status = sh(EMBER .. " --version")
+    assert.equal(0, status)
+    assert.matches("^ember %d+%.%d+%.%d+ %(Lua 5%.4%)", out)
+  end)
+
+  it("prints help with every command", function()
+    local out, status = sh(EMBER .. " --help")
+    assert.equal(0, status)
+    for _, command in ipairs({ "run SCRIPT", "launch", "repl", "--version" }) do
+      assert.truthy(out:find(command, 1, true), command)
+    end
+  end)
+
+  it("rejects an unknown command with status 2", function()
+    local out, status = sh(EMBER .. " frobnicate")
+    assert.equal(2, status)
+    assert.matches("unknown command 'frobnicate'", out)
+  end)
+
+  it("shows usage and fails when given no command", function()
+    local out, status = sh(EMBER)
+    assert.equal(2, status)
+    assert.matches("usage: ember COMMAND", out)
+  end)
+end)
+
+describe("ember run", function()
+  it("gives the script arg and ... as lua5.4 does, inside a task", function()
+    local out, status = sh(EMBER .. " run spec/fixtures/args.lua x y")
+    assert.equal(0, status)
+    assert.matches("arg0=spec/fixtures/args.lua\targ1=x\targ2=y", out)
+    assert.matches("varargs=x,y", out)
+    assert.matches("in_task=true", out)
+  end)
+
+  it("exits 1 with the message and traceback of an uncaught error", function()
+    local path = write_temp("local function f() error('kaput') end\nf()\n")
+    local out, status = sh(EMBER .. " run " .. path)
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches("kaput", out)
+    assert.matches("stack traceback:", out)
+    assert.matches("in local 'f'", out)
+  end)
+
+  it("names a script that cannot be loaded", function()
+    local out, status = sh(EMBER .. " run /nonexistent/script.lua")
+    assert.equal(1, status)
+    assert.matches("cannot load /nonexistent/script.lua", out)
+  end)
+
+  it("reports a syntax error with its line", function()
+    local path = write_temp("local x = = 1\n")
+    local out, status = sh(EMBER .. " run " .. path)
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches(":1:", out)
+  end)
+
+  it("explains a script blocked forever on a future", function()
+    local path = write_temp("require('ember').futures.Future():wait()\n")
+    local out, status = sh(EMBER .. " run " .. path)
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches("is blocked: it waits on a future", out)
+  end)
+
+  it("lets timers the script left behind finish", function()
+    local path = write_temp(
+      "require('ember').after(0.02, function() print('timer fired') end)\n")
+    local out, status = sh(EMBER .. " run " .. path)
+    os.remove(path)
+    assert.equal(0, status)
+    assert.matches("timer fired", out)
+  end)
+
+  it("warns about a failed task whose error nobody read", function()
+    local path = write_temp(
+      "require('ember').after(0, function() error('unseen') end)\n")
+    local out = sh(EMBER .. " run " .. path)
+    os.remove(path)
+    assert.matches("without anyone reading its error: .*unseen", out)
+  end)
+
+  it("reads the script from standard input with -", function()
+    local out, status = sh(EMBER .. " run -", "print('from stdin', ...)\n")
+    assert.equal(0, status)
+    assert.matches("from stdin", out)
+  end)
+
+  it("chains 1,000,000 next callbacks", function()
+    local out, status = sh(EMBER .. " run spec/fixtures/chain.lua 1000000")
+    assert.equal(0, status)
+    assert.matches("chained 1000000", out)
+  end)
+end)
+
+describe("ember repl", function()
+  it("prints expression results like lua5.4", function()
+    local out, status = sh(EMBER .. " repl", "1 + 1\nreturn 'a', nil, 3\nprint('x')\n")
+    assert.equal(0, status)
+    assert.matches("\n?> 2\n", out)
+    assert.matches("a\tnil\t3", out)
+    assert.matches("x\n", out)
+  end)
+
+  it("reads multi-line input until the chunk is complete", function()
+    local out = sh(EMBER .. " repl", "function double(n)\nreturn n * 2\nend\ndouble(21)\n")
+    assert.matches(">> ", out)
+    assert.matches("42", out)
+  end)
+
+  it("shows errors and keeps going", function()
+    local out, status = sh(EMBER .. " repl", "error('oops')\n'still here'\n")
+    assert.equal(0, status)
+    assert.matches("oops", out)
+    assert.matches("still here", out)
+  end)
+
+  it("has ember loaded, and waits yield to the loop", function()
+    local out = sh(EMBER .. " repl",
+      "ember.after(0.01, function() return 'later' end):wait()\n")
+    assert.matches("later", out)
+  end)
+
+  it("reports a syntax error without quitting", function()
+    local out, status = sh(EMBER .. " repl", "x = = 1\n1\n")
+    assert.equal(0, status)
+    assert.matches("unexpected symbol", out)
+  end)
+
+  it("says that --join needs rpc", function()
+    local out, status = sh(EMBER .. " repl --join 127.0.0.1:29500")
+    assert.equal(2, status)
+    assert.matches("ember.rpc", out)
+  end)
+end)
