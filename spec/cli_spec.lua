@@ -18,12 +18,15 @@ local function sh(command, input)
   return output, status
 end
 
-local function write_temp(source)
+-- `ember run` on a script with the given source; returns output and status.
+local function run_source(source)
   local path = os.tmpname() .. ".lua"
   local f = assert(io.open(path, "w"))
   f:write(source)
   f:close()
-  return path
+  local out, status = sh(EMBER .. " run " .. path)
+  os.remove(path)
+  return out, status
 end
 
 describe("ember", function()
@@ -64,9 +67,7 @@ describe("ember run", function()
   end)
 
   it("exits 1 with the message and traceback of an uncaught error", function()
-    local path = write_temp("local function f() error('kaput') end\nf()\n")
-    local out, status = sh(EMBER .. " run " .. path)
-    os.remove(path)
+    local out, status = run_source("local function f() error('kaput') end\nf()\n")
     assert.equal(1, status)
     assert.matches("kaput", out)
     assert.matches("stack traceback:", out)
@@ -80,35 +81,27 @@ describe("ember run", function()
   end)
 
   it("reports a syntax error with its line", function()
-    local path = write_temp("local x = = 1\n")
-    local out, status = sh(EMBER .. " run " .. path)
-    os.remove(path)
+    local out, status = run_source("local x = = 1\n")
     assert.equal(1, status)
     assert.matches(":1:", out)
   end)
 
   it("explains a script blocked forever on a future", function()
-    local path = write_temp("require('ember').futures.Future():wait()\n")
-    local out, status = sh(EMBER .. " run " .. path)
-    os.remove(path)
+    local out, status = run_source("require('ember').futures.Future():wait()\n")
     assert.equal(1, status)
     assert.matches("is blocked: it waits on a future", out)
   end)
 
   it("lets timers the script left behind finish", function()
-    local path = write_temp(
+    local out, status = run_source(
       "require('ember').after(0.02, function() print('timer fired') end)\n")
-    local out, status = sh(EMBER .. " run " .. path)
-    os.remove(path)
     assert.equal(0, status)
     assert.matches("timer fired", out)
   end)
 
   it("warns about a failed task whose error nobody read", function()
-    local path = write_temp(
+    local out = run_source(
       "require('ember').after(0, function() error('unseen') end)\n")
-    local out = sh(EMBER .. " run " .. path)
-    os.remove(path)
     assert.matches("without anyone reading its error: .*unseen", out)
   end)
 
