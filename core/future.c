@@ -236,6 +236,9 @@ unsigned ember_future_refs(const ember_future_t *future) {
 int ember_future_begin_nested(void) {
   int saved = ready.draining;
   ready.draining = 0;
+  /* What the blocked callback's caller queued may be what we wait for. */
+  if (ready.head != NULL)
+    drain();
   return saved;
 }
 

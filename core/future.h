@@ -103,7 +103,8 @@ unsigned ember_future_refs(const ember_future_t *future);
 /*
 ** Nested draining: code that must block inside a callback (a loop run nested in
 ** a wait) brackets the blocking part so completions there run their callbacks
-** at once instead of queueing behind the callback that is blocked.
+** at once instead of queueing behind the callback that is blocked. Beginning
+** also runs the callbacks queued so far.
 */
 int ember_future_begin_nested(void);
 void ember_future_end_nested(int saved);

@@ -16,6 +16,7 @@ typedef struct post_s {
 struct ember_loop_s {
   uv_loop_t uv;
   int running;
+  unsigned outside_work; /* work in flight on other threads */
   /* Functions posted from other threads, run on the loop thread. */
   uv_async_t wakeup;
   uv_mutex_t posts_lock;
@@ -103,36 +104,46 @@ int ember_loop_close(ember_loop_t *loop) {
 }
 
 /*
-** uv_run, with ember's own rule on top: completions inside it drain their
+** Runs the loop with ember's rule on top: completions inside it drain their
 ** callbacks at once, even when this run is nested in a callback (see
-** ember_future_begin_nested).
+** ember_future_begin_nested). With `until` NULL it runs until idle.
 */
-static int run_once(ember_loop_t *loop, uv_run_mode mode) {
-  int saved = ember_future_begin_nested();
-  int alive;
+static int run(ember_loop_t *loop, ember_future_t *until) {
+  int saved, err = 0;
+  if (loop->running)
+    return EMBER_EBUSY;
+  saved = ember_future_begin_nested();
   loop->running = 1;
-  alive = uv_run(&loop->uv, mode);
+  if (until == NULL) {
+    uv_run(&loop->uv, UV_RUN_DEFAULT);
+  } else {
+    while (ember_future_state(until) == EMBER_FUTURE_PENDING) {
+      if (!uv_run(&loop->uv, UV_RUN_ONCE) &&
+          ember_future_state(until) == EMBER_FUTURE_PENDING) {
+        err = EMBER_EDEADLOCK;
+        break;
+      }
+    }
+  }
   loop->running = 0;
   ember_future_end_nested(saved);
-  return alive;
+  return err;
 }
 
 int ember_loop_run_until(ember_loop_t *loop, ember_future_t *future) {
-  if (loop->running)
-    return EMBER_EBUSY;
-  while (ember_future_state(future) == EMBER_FUTURE_PENDING) {
-    if (!run_once(loop, UV_RUN_ONCE) &&
-        ember_future_state(future) == EMBER_FUTURE_PENDING)
-      return EMBER_EDEADLOCK;
-  }
-  return 0;
+  return run(loop, future);
 }
 
-int ember_loop_run(ember_loop_t *loop) {
-  if (loop->running)
-    return EMBER_EBUSY;
-  run_once(loop, UV_RUN_DEFAULT);
-  return 0;
+int ember_loop_run(ember_loop_t *loop) { return run(loop, NULL); }
+
+void ember_loop_outside_work_begin(ember_loop_t *loop) {
+  if (loop->outside_work++ == 0)
+    uv_ref((uv_handle_t *)&loop->wakeup);
+}
+
+void ember_loop_outside_work_end(ember_loop_t *loop) {
+  if (--loop->outside_work == 0)
+    uv_unref((uv_handle_t *)&loop->wakeup);
 }
 
 static void timer_close_cb(uv_handle_t *handle) {

@@ -55,6 +55,14 @@ int ember_loop_run(ember_loop_t *loop);
 int ember_loop_timer(ember_loop_t *loop, uint64_t ms, ember_future_t **out);
 
 /*
+** Work handed to another thread (a CUDA stream, a helper thread) that will
+** come back through ember_loop_post: between begin and end the loop stays
+** alive, so a wait on its result is not taken for a deadlock. Loop thread only.
+*/
+void ember_loop_outside_work_begin(ember_loop_t *loop);
+void ember_loop_outside_work_end(ember_loop_t *loop);
+
+/*
 ** Runs fn(arg) on the loop thread soon. Safe from any thread; the call wakes
 ** the loop (uv_async). Returns 0 or EMBER_ENOMEM.
 */

@@ -122,9 +122,22 @@ static int ctx_gc(lua_State *L) {
   return 0;
 }
 
+/* Where the state's one context lives in the registry. */
+static const char context_key = 'c';
+
+/*
+** Pushes the state's context, made on first use. Loading ember.core again
+** (busted unloads modules between files) must reuse it: values already in
+** futures point at it.
+*/
 static void push_context(lua_State *L) {
-  ember_lua_ctx_t *ctx = lua_newuserdatauv(L, sizeof(*ctx), 1);
+  ember_lua_ctx_t *ctx;
   int err;
+
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &context_key) == LUA_TUSERDATA)
+    return;
+  lua_pop(L, 1);
+  ctx = lua_newuserdatauv(L, sizeof(*ctx), 1);
 
   memset(ctx, 0, sizeof(*ctx));
   ctx->tasks_ref = LUA_NOREF;
@@ -140,6 +153,8 @@ static void push_context(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_newtable(L);
   ctx->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &context_key);
 }
 
 static const luaL_Reg core_funcs[] = {{"is_error", core_is_error},

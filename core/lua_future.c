@@ -109,6 +109,13 @@ static int push_outcome(lua_State *L, ember_future_t *future) {
 
 /* --- The Future type ------------------------------------------------------- */
 
+/* Finalizers that run while the state closes find the loop gone. */
+static void check_open(lua_State *L, ember_lua_ctx_t *ctx, const char *what) {
+  if (ctx->closing)
+    luaL_error(L, "%s: ember's loop is closed (the Lua state is closing)",
+               what);
+}
+
 void ember__lua_push_future(lua_State *L, ember_future_t *future) {
   future_box_t *box = lua_newuserdatauv(L, sizeof(*box), 0);
   box->future = NULL; /* created safe: nothing to release yet */
@@ -123,8 +130,14 @@ ember_future_t *ember__lua_check_future(lua_State *L, int index) {
   return box->future;
 }
 
+/*
+** Lua frees, without finalizing, what finalizers create while the state
+** closes: a future made then would leak, so none is made.
+*/
 static ember_future_t *new_future_or_raise(lua_State *L) {
-  ember_future_t *future = ember_future_new();
+  ember_future_t *future;
+  check_open(L, EMBER_LUA_CTX(L), "Future");
+  future = ember_future_new();
   if (future == NULL)
     luaL_error(L, "out of memory creating a future");
   return future;
@@ -198,7 +211,9 @@ static int future_value(lua_State *L) {
 ** ember.Error without one gets it as its `traceback` field.
 */
 static int add_traceback(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TSTRING) {
+  /* An error passed along a chain of next() keeps its first traceback. */
+  if (lua_type(L, 1) == LUA_TSTRING &&
+      strstr(lua_tostring(L, 1), "\nstack traceback:\n") == NULL) {
     luaL_traceback(L, L, lua_tostring(L, 1), 1);
   } else if (lua_type(L, 1) == LUA_TTABLE &&
              luaL_getmetafield(L, 1, "__name") == LUA_TSTRING &&
@@ -215,15 +230,42 @@ static int add_traceback(lua_State *L) {
 
 /* The same, for the stack of a task that died with its error on top. */
 static void add_task_traceback(lua_State *L, lua_State *co) {
-  if (lua_type(L, -1) == LUA_TSTRING) {
+  if (lua_type(L, -1) == LUA_TSTRING &&
+      strstr(lua_tostring(L, -1), "\nstack traceback:\n") == NULL) {
     const char *message = lua_tostring(L, -1);
     luaL_traceback(L, co, message, 0);
     lua_remove(L, -2);
   }
 }
 
+static int tostring_unprotected(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/*
+** Pushes a description of the value at `index`; unlike luaL_tolstring it
+** never raises, whatever the value's __tostring does.
+*/
+static const char *push_description(lua_State *L, int index) {
+  index = lua_absindex(L, index);
+  if (lua_type(L, index) == LUA_TSTRING) {
+    lua_pushvalue(L, index);
+  } else {
+    lua_pushcfunction(L, tostring_unprotected);
+    lua_pushvalue(L, index);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(a %s whose __tostring failed)",
+                      luaL_typename(L, index));
+    }
+  }
+  return lua_tostring(L, -1);
+}
+
+/* Reports and pops the error on top of L. */
 static void report_callback_error(lua_State *L, const char *where) {
-  const char *message = luaL_tolstring(L, -1, NULL);
+  const char *message = push_description(L, -1);
   fprintf(stderr, "ember: error in %s: %s\n", where, message);
   fflush(stderr);
   lua_pop(L, 2);
@@ -376,6 +418,7 @@ static void finish_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co,
   ember_future_t *future;
   push_task_future(L, ctx, co);
   future = ember__lua_check_future(L, -1);
+  ember_future_retain(future); /* its handle may be collected from here on */
   lua_pop(L, 1);
   forget_task(L, ctx, co);
   /* Someone may have completed the task's future by hand: keep theirs. */
@@ -383,6 +426,7 @@ static void finish_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co,
     lua_pop(L, 1);
   else
     complete_with_top(L, ctx, future, failed, "task");
+  ember_future_release(future);
 }
 
 /*
@@ -399,6 +443,7 @@ static void resume_task(lua_State *from, ember_lua_ctx_t *ctx, lua_State *co,
     lua_pop(co, nresults);
     if (waiting)
       return;
+    lua_resetthread(co); /* runs pending to-be-closed variables */
     lua_pushliteral(from, "a task called coroutine.yield(); inside "
                           "ember.spawn, pause with fut:wait() or ember.sleep()");
     finish_task(from, ctx, co, 1);
@@ -429,6 +474,8 @@ static int core_spawn(lua_State *L) {
   check_callable(L, 1);
   lua_settop(L, nargs + 1);
   co = lua_newthread(L);
+  if (!lua_checkstack(co, nargs + 1))
+    return luaL_error(L, "spawn: too many arguments (%d)", nargs);
   lua_insert(L, 1); /* keep the thread on our stack while it runs */
   future_new(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->tasks_ref);
@@ -480,9 +527,13 @@ static int is_task(lua_State *L, ember_lua_ctx_t *ctx) {
 }
 
 static int future_wait_k(lua_State *L, int status, lua_KContext k) {
+  ember_future_t *future = ember__lua_check_future(L, 1);
   (void)status;
   (void)k;
-  return push_outcome(L, ember__lua_check_future(L, 1));
+  if (ember_future_state(future) == EMBER_FUTURE_PENDING)
+    return luaL_error(L, "wait(): the task was resumed by hand while its "
+                         "future is pending; do not resume ember tasks");
+  return push_outcome(L, future);
 }
 
 static int future_wait(lua_State *L) {
@@ -493,6 +544,7 @@ static int future_wait(lua_State *L) {
   lua_settop(L, 1);
   if (ember_future_state(future) != EMBER_FUTURE_PENDING)
     return push_outcome(L, future);
+  check_open(L, ctx, "wait");
   if (is_task(L, ctx)) {
     waker_t *waker;
     if (!lua_isyieldable(L))
@@ -533,6 +585,7 @@ static int core_timer(lua_State *L) {
 
   luaL_argcheck(L, seconds >= 0 && seconds < 1e9, 1,
                 "seconds must be between 0 and 1e9");
+  check_open(L, ctx, "timer");
   err = ember_loop_timer(ctx->loop, (uint64_t)(seconds * 1000.0 + 0.999),
                          &future);
   if (err != 0)
@@ -545,6 +598,7 @@ static int core_timer(lua_State *L) {
 static int core_run(lua_State *L) {
   ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
   int err;
+  check_open(L, ctx, "run");
   if (lua_isnoneornil(L, 1))
     err = ember_loop_run(ctx->loop);
   else
@@ -564,15 +618,13 @@ static int core_in_task(lua_State *L) {
 
 /* --- Metamethods ------------------------------------------------------------ */
 
-static void warn_unobserved_error(lua_State *L, ember_future_t *future) {
-  if (!lua_checkstack(L, 3))
-    return;
-  push_payload(L, future);
+static int warn_unobserved_error(lua_State *L) {
+  push_payload(L, lua_touserdata(L, 1));
   fprintf(stderr, "ember: a failed future was dropped without anyone "
                   "reading its error: %s\n",
-          luaL_tolstring(L, -1, NULL));
+          push_description(L, -1));
   fflush(stderr);
-  lua_pop(L, 2);
+  return 0;
 }
 
 static int future_gc(lua_State *L) {
@@ -583,8 +635,12 @@ static int future_gc(lua_State *L) {
   box->future = NULL;
   if (ember_future_refs(future) == 1 &&
       ember_future_state(future) == EMBER_FUTURE_FAILED &&
-      !ember_future_observed(future))
-    warn_unobserved_error(L, future);
+      !ember_future_observed(future) && lua_checkstack(L, 4)) {
+    lua_pushcfunction(L, warn_unobserved_error);
+    lua_pushlightuserdata(L, future);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      lua_pop(L, 1); /* a warning that cannot be shown is dropped */
+  }
   ember_future_release(future);
   return 0;
 }
@@ -635,11 +691,12 @@ static const luaL_Reg core_funcs[] = {{"Future", future_new},
 
 /* Expects the context at index 1 and the module table at index 2. */
 void ember__lua_open_future(lua_State *L) {
-  luaL_newmetatable(L, FUTURE_METATABLE);
-  ember__lua_setfuncs(L, 1, future_metamethods);
-  lua_newtable(L);
-  ember__lua_setfuncs(L, 1, future_methods);
-  lua_setfield(L, -2, "__index");
+  if (luaL_newmetatable(L, FUTURE_METATABLE)) {
+    ember__lua_setfuncs(L, 1, future_metamethods);
+    lua_newtable(L);
+    ember__lua_setfuncs(L, 1, future_methods);
+    lua_setfield(L, -2, "__index");
+  }
   lua_pop(L, 1);
   lua_pushvalue(L, 2);
   ember__lua_setfuncs(L, 1, core_funcs);

@@ -1,5 +1,8 @@
 -- The ember executable: commands, exit status, errors, scripts, the REPL.
 local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+-- A sanitizer build's module needs its runtime preloaded into lua5.4.
+local preload = os.getenv("EMBER_TEST_PRELOAD")
+local LUA = (preload and ("env LD_PRELOAD=" .. preload .. " ") or "") .. "lua5.4"
 
 -- Runs a shell command bounded in time; returns output (stdout and stderr
 -- together unless split) and the exit status.
@@ -111,6 +114,15 @@ describe("ember run", function()
     assert.matches("from stdin", out)
   end)
 
+  it("passes hundreds of arguments", function()
+    local many = {}
+    for i = 1, 300 do many[i] = tostring(i) end
+    local out, status = sh(EMBER .. " run - " .. table.concat(many, " "),
+      "print('got', select('#', ...), arg[300])\n")
+    assert.equal(0, status)
+    assert.matches("got\t300\t300", out)
+  end)
+
   it("chains 1,000,000 next callbacks", function()
     local out, status = sh(EMBER .. " run spec/fixtures/chain.lua 1000000")
     assert.equal(0, status)
@@ -156,5 +168,26 @@ describe("ember repl", function()
     local out, status = sh(EMBER .. " repl --join 127.0.0.1:29500")
     assert.equal(2, status)
     assert.matches("ember.rpc", out)
+  end)
+end)
+
+describe("stock lua5.4 with require 'ember'", function()
+  it("runs futures and timers", function()
+    local out, status = sh(LUA .. " -e \"local e = require 'ember'; print(e.after(0.001, function() return 'ok' end):wait())\"")
+    assert.equal(0, status)
+    assert.matches("^ok\n", out)
+  end)
+
+  it("refuses loop work from finalizers once the state is closing", function()
+    local out, status = sh(LUA .. " -", [[
+      local guard = setmetatable({}, { __gc = function()
+        print("sleep", pcall(function() require("ember").sleep(0.01) end))
+        print("future", pcall(function() require("ember").futures.Future() end))
+      end })
+      require "ember"
+    ]])
+    assert.equal(0, status)
+    assert.matches("sleep\tfalse\t.*loop is closed", out)
+    assert.matches("future\tfalse\t.*loop is closed", out)
   end)
 end)

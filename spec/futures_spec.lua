@@ -329,6 +329,83 @@ describe("wait_all", function()
   end)
 end)
 
+describe("edge cases", function()
+  local throwing_tostring = { __tostring = function() error("no tostring") end }
+
+  it("survive a callback error whose __tostring raises", function()
+    local f, later = Future(), false
+    f:add_done_callback(function() error(setmetatable({}, throwing_tostring)) end)
+    f:add_done_callback(function() later = true end)
+    f:set_result(1)
+    assert.is_true(later)
+    ember.sleep(0.001) -- the loop is still usable
+  end)
+
+  it("keep one traceback along a chain of next()", function()
+    local head = Future()
+    local tail = head:next(function() error("deep") end)
+    for _ = 1, 50 do tail = tail:next(function(p) return p:value() end) end
+    head:set_result(1)
+    local err = error_of(tail.wait, tail)
+    local _, count = err:gsub("stack traceback:", "")
+    assert.equal(1, count)
+  end)
+
+  it("let a callback wait before the loop runs, on work queued behind it", function()
+    local a, seen = Future(), nil
+    a:add_done_callback(function()
+      local b = Future()
+      b:set_result(1)
+      local c = b:next(function(f) return f:value() + 1 end)
+      seen = { c:wait(), futures.wait_all({ b })[1] }
+    end)
+    a:set_result(0)
+    assert.same({ 2, 1 }, seen)
+  end)
+
+  it("spawn takes many arguments", function()
+    local args = {}
+    for i = 1, 300 do args[i] = i end
+    local task = ember.spawn(function(...) return select("#", ...) end,
+      table.unpack(args))
+    assert.equal(300, task:wait())
+  end)
+
+  it("close a hand-yielding task's to-be-closed variables", function()
+    local closed = false
+    local task = ember.spawn(function()
+      local guard <close> = setmetatable({}, { __close = function() closed = true end })
+      coroutine.yield()
+    end)
+    assert.matches("coroutine.yield", error_of(task.wait, task))
+    assert.is_true(closed)
+  end)
+
+  it("keep futures working when ember.core is loaded again", function()
+    local f = Future()
+    f:set_result({ "kept" })
+    local pending = Future()
+    package.loaded["ember.core"] = nil
+    local again = require "ember.core"
+    collectgarbage()
+    assert.same({ "kept" }, f:value())
+    local g = again.Future()
+    pending:set_result("old to new")
+    g:set_result(pending:value())
+    assert.equal("old to new", g:wait())
+  end)
+
+  it("free failed futures whose error cannot be printed", function()
+    collectgarbage()
+    collectgarbage()
+    local before = core.live_futures()
+    for _ = 1, 100 do Future():set_exception(setmetatable({}, throwing_tostring)) end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(core.live_futures() <= before)
+  end)
+end)
+
 describe("memory", function()
   local function settle()
     collectgarbage()

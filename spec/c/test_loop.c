@@ -83,12 +83,14 @@ typedef struct {
 } poster_t;
 
 static void complete_on_loop(void *arg) {
-  ember_future_set_result(arg, NULL, NULL);
+  poster_t *poster = arg;
+  ember_future_set_result(poster->done, NULL, NULL);
+  ember_loop_outside_work_end(poster->loop);
 }
 
 static void post_from_thread(void *arg) {
   poster_t *poster = arg;
-  CHECK_EQ(ember_loop_post(poster->loop, complete_on_loop, poster->done), 0);
+  CHECK_EQ(ember_loop_post(poster->loop, complete_on_loop, poster), 0);
 }
 
 static void test_post_from_another_thread(void) {
@@ -96,19 +98,52 @@ static void test_post_from_another_thread(void) {
   uv_thread_t thread;
   CHECK_EQ(ember_loop_new(&poster.loop), 0);
   poster.done = ember_future_new();
-  /* A timer keeps the loop alive while the other thread posts. */
-  ember_future_t *guard;
-  CHECK_EQ(ember_loop_timer(poster.loop, 5000, &guard), 0);
+  /* Nothing else is on the loop: only the outside work keeps it alive. */
+  ember_loop_outside_work_begin(poster.loop);
   CHECK_EQ(uv_thread_create(&thread, post_from_thread, &poster), 0);
   CHECK_EQ(ember_loop_run_until(poster.loop, poster.done), 0);
   CHECK_EQ(uv_thread_join(&thread), 0);
+  /* Once it is over, an unfinishable wait is a deadlock again. */
+  ember_future_t *never = ember_future_new();
+  CHECK_EQ(ember_loop_run_until(poster.loop, never), EMBER_EDEADLOCK);
+  ember_future_release(never);
   ember_future_release(poster.done);
-  ember_future_release(guard);
   CHECK_EQ(ember_loop_close(poster.loop), 0);
+}
+
+/* A callback that blocks on work queued behind it still sees it finish. */
+typedef struct {
+  ember_loop_t *loop;
+  int result;
+} nested_t;
+
+static void nested_wait_cb(ember_future_t *future, void *arg) {
+  nested_t *nested = arg;
+  ember_future_t *b = ember_future_new(), *c = ember_future_new();
+  (void)future;
+  ember_future_add_callback(b, chain_cb, c);
+  ember_future_set_result(b, NULL, NULL); /* queued: we are in a callback */
+  CHECK_EQ(ember_future_state(c), EMBER_FUTURE_PENDING);
+  nested->result = ember_loop_run_until(nested->loop, c);
+  CHECK_EQ(ember_future_state(c), EMBER_FUTURE_DONE);
+  ember_future_release(b);
+  ember_future_release(c);
+}
+
+static void test_nested_run_drains_queued_callbacks(void) {
+  nested_t nested = {NULL, -1};
+  ember_future_t *a = ember_future_new();
+  CHECK_EQ(ember_loop_new(&nested.loop), 0);
+  ember_future_add_callback(a, nested_wait_cb, &nested);
+  ember_future_set_result(a, NULL, NULL);
+  CHECK_EQ(nested.result, 0);
+  ember_future_release(a);
+  CHECK_EQ(ember_loop_close(nested.loop), 0);
 }
 
 CHECK_MAIN(CHECK_TEST(test_timer_completes_future),
            CHECK_TEST(test_run_until_reports_deadlock),
            CHECK_TEST(test_timers_in_deadline_order),
            CHECK_TEST(test_close_with_pending_timer),
-           CHECK_TEST(test_post_from_another_thread))
+           CHECK_TEST(test_post_from_another_thread),
+           CHECK_TEST(test_nested_run_drains_queued_callbacks))
