@@ -3,6 +3,7 @@
 */
 #include "loop.h"
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include "error.h"
@@ -17,6 +18,7 @@ struct ember_loop_s {
   uv_loop_t uv;
   int running;
   unsigned outside_work; /* work in flight on other threads */
+  volatile sig_atomic_t interrupted;
   /* Functions posted from other threads, run on the loop thread. */
   uv_async_t wakeup;
   uv_mutex_t posts_lock;
@@ -113,6 +115,7 @@ static int run(ember_loop_t *loop, ember_future_t *until) {
   if (loop->running)
     return EMBER_EBUSY;
   saved = ember_future_begin_nested();
+  loop->interrupted = 0;
   loop->running = 1;
   if (until == NULL) {
     uv_run(&loop->uv, UV_RUN_DEFAULT);
@@ -121,6 +124,10 @@ static int run(ember_loop_t *loop, ember_future_t *until) {
       if (!uv_run(&loop->uv, UV_RUN_ONCE) &&
           ember_future_state(until) == EMBER_FUTURE_PENDING) {
         err = EMBER_EDEADLOCK;
+        break;
+      }
+      if (loop->interrupted) {
+        err = UV_EINTR;
         break;
       }
     }
@@ -135,6 +142,11 @@ int ember_loop_run_until(ember_loop_t *loop, ember_future_t *future) {
 }
 
 int ember_loop_run(ember_loop_t *loop) { return run(loop, NULL); }
+
+void ember_loop_interrupt(ember_loop_t *loop) {
+  loop->interrupted = 1;
+  uv_async_send(&loop->wakeup);
+}
 
 void ember_loop_outside_work_begin(ember_loop_t *loop) {
   if (loop->outside_work++ == 0)

@@ -40,10 +40,16 @@ int ember_loop_running(const ember_loop_t *loop);
 
 /*
 ** Runs the loop until `future` completes. Returns 0 then; EMBER_EDEADLOCK if
-** the loop ran out of work first; EMBER_EBUSY if the loop is already running
-** (libuv's loop is not reentrant).
+** the loop ran out of work first; UV_EINTR if ember_loop_interrupt was called;
+** EMBER_EBUSY if the loop is already running (libuv's loop is not reentrant).
 */
 int ember_loop_run_until(ember_loop_t *loop, ember_future_t *future);
+
+/*
+** Makes a running ember_loop_run_until return UV_EINTR soon. Safe to call from
+** a signal handler (it only sets a flag and wakes the loop).
+*/
+void ember_loop_interrupt(ember_loop_t *loop);
 
 /* Runs the loop until it has no active handles or requests left. */
 int ember_loop_run(ember_loop_t *loop);

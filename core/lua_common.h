@@ -50,6 +50,9 @@ int ember__lua_register_payload(const ember_payload_type_t *type,
 void ember__lua_push_future(lua_State *L, ember_future_t *future);
 ember_future_t *ember__lua_check_future(lua_State *L, int index);
 
+/* The task whose Lua code is running now, or NULL (signal-safe to read). */
+lua_State *ember__lua_running_task(void);
+
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
 

@@ -2,6 +2,7 @@
 ** luaopen_ember_core: the context (loop, callback thread, task table), errors,
 ** and the functions that are about the process rather than one type.
 */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -111,10 +112,62 @@ static int core_cuda_device_count(lua_State *L) {
   return 2;
 }
 
+/* --- Ctrl-C while Lua code runs (the REPL) --------------------------------- */
+
+static ember_lua_ctx_t *volatile interrupt_ctx;
+static struct sigaction saved_sigint;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushliteral(L, "interrupted!");
+  lua_error(L);
+}
+
+/* Stops the running task at its next step and wakes a waiting loop. Only
+** lua_sethook and ember_loop_interrupt: both are safe in a signal handler. */
+static void on_sigint(int signal_number) {
+  ember_lua_ctx_t *ctx = interrupt_ctx;
+  lua_State *running = ember__lua_running_task();
+  (void)signal_number;
+  if (ctx == NULL)
+    return;
+  if (running != NULL)
+    lua_sethook(running, interrupt_hook,
+                LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  ember_loop_interrupt(ctx->loop);
+}
+
+/*
+** catch_interrupt(true): from now on SIGINT raises "interrupted!" in the
+** running task, and makes run() raise EINTR; catch_interrupt(false) puts the
+** previous SIGINT disposition back.
+*/
+static int core_catch_interrupt(lua_State *L) {
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  int enable = lua_toboolean(L, 1);
+  if (enable && interrupt_ctx == NULL) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = on_sigint;
+    sigemptyset(&action.sa_mask);
+    interrupt_ctx = ctx;
+    sigaction(SIGINT, &action, &saved_sigint);
+  } else if (!enable && interrupt_ctx != NULL) {
+    sigaction(SIGINT, &saved_sigint, NULL);
+    interrupt_ctx = NULL;
+  }
+  return 0;
+}
+
 /* Closing the state: no more Lua calls from C, then close the loop. */
 static int ctx_gc(lua_State *L) {
   ember_lua_ctx_t *ctx = lua_touserdata(L, 1);
   if (ctx->loop != NULL) {
+    if (interrupt_ctx == ctx) {
+      sigaction(SIGINT, &saved_sigint, NULL);
+      interrupt_ctx = NULL;
+    }
     ctx->closing = 1;
     ember_loop_close(ctx->loop);
     ctx->loop = NULL;
@@ -161,6 +214,7 @@ static const luaL_Reg core_funcs[] = {{"is_error", core_is_error},
                                       {"new_error", core_new_error},
                                       {"live_futures", core_live_futures},
                                       {"clock", core_clock},
+                                      {"catch_interrupt", core_catch_interrupt},
                                       {"cuda_device_count", core_cuda_device_count},
                                       {NULL, NULL}};
 

@@ -27,6 +27,11 @@ typedef struct {
 /* What a task yields while it waits; any other yield is a mistake. */
 static const char wait_sentinel = 'w';
 
+/* The task whose Lua code runs right now, for a signal handler to stop. */
+static lua_State *volatile running_task;
+
+lua_State *ember__lua_running_task(void) { return running_task; }
+
 /* --- Lua values as future payloads ---------------------------------------- */
 
 typedef struct {
@@ -435,8 +440,12 @@ static void finish_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co,
 */
 static void resume_task(lua_State *from, ember_lua_ctx_t *ctx, lua_State *co,
                         int nargs) {
-  int nresults;
-  int status = lua_resume(co, from, nargs, &nresults);
+  int nresults, status;
+  lua_State *outer = running_task;
+
+  running_task = co;
+  status = lua_resume(co, from, nargs, &nresults);
+  running_task = outer;
 
   if (status == LUA_YIELD) {
     int waiting = nresults == 1 && lua_touserdata(co, -1) == &wait_sentinel;
@@ -606,6 +615,8 @@ static int core_run(lua_State *L) {
   if (err == EMBER_EDEADLOCK)
     return ember__lua_raise(L, err, "the future can never complete: the loop "
                                     "has nothing left to do");
+  if (err == UV_EINTR)
+    return ember__lua_raise(L, err, "interrupted");
   if (err != 0)
     return ember__lua_raise(L, err, "run: %s", ember_strerror(err));
   return 0;

@@ -45,10 +45,32 @@ local function print_results(results)
   print(table.concat(parts, "\t"))
 end
 
+-- Ctrl-C stops a chunk: the hook raises "interrupted!" in running code, and a
+-- chunk that waits gets the same at its next step, while the prompt returns.
+local function interrupt_later(co)
+  debug.sethook(co, function()
+    debug.sethook()
+    error("interrupted!", 0)
+  end, "", 1)
+end
+
 local function run_chunk(fn)
-  local task = ember.spawn(function() return table.pack(fn()) end)
+  local co
+  -- Before spawning: the task runs at once, up to its first wait.
+  core.catch_interrupt(true)
+  local task = ember.spawn(function()
+    co = coroutine.running()
+    return table.pack(fn())
+  end)
   local ok, err = pcall(core.run, task)
-  if ok then ok, err = pcall(task.value, task) end
+  core.catch_interrupt(false)
+  if not ok and core.is_error(err) and err.code == "EINTR" then
+    if co and coroutine.status(co) == "suspended" then interrupt_later(co) end
+    task:add_done_callback(function() end) -- its end is expected: no warning
+    err = "interrupted!"
+  elseif ok then
+    ok, err = pcall(task.value, task)
+  end
   if ok then
     print_results(err)
   else
