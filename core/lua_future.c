@@ -211,14 +211,19 @@ static int future_value(lua_State *L) {
 
 /* --- Running Lua from C callbacks ------------------------------------------- */
 
+/* A string error without a traceback yet: one passed along a chain of
+** next() keeps its first. */
+static int is_bare_message(lua_State *L, int index) {
+  return lua_type(L, index) == LUA_TSTRING &&
+         strstr(lua_tostring(L, index), "\nstack traceback:\n") == NULL;
+}
+
 /*
 ** Message handler: a string error gets the traceback appended; an
 ** ember.Error without one gets it as its `traceback` field.
 */
 static int add_traceback(lua_State *L) {
-  /* An error passed along a chain of next() keeps its first traceback. */
-  if (lua_type(L, 1) == LUA_TSTRING &&
-      strstr(lua_tostring(L, 1), "\nstack traceback:\n") == NULL) {
+  if (is_bare_message(L, 1)) {
     luaL_traceback(L, L, lua_tostring(L, 1), 1);
   } else if (lua_type(L, 1) == LUA_TTABLE &&
              luaL_getmetafield(L, 1, "__name") == LUA_TSTRING &&
@@ -235,8 +240,7 @@ static int add_traceback(lua_State *L) {
 
 /* The same, for the stack of a task that died with its error on top. */
 static void add_task_traceback(lua_State *L, lua_State *co) {
-  if (lua_type(L, -1) == LUA_TSTRING &&
-      strstr(lua_tostring(L, -1), "\nstack traceback:\n") == NULL) {
+  if (is_bare_message(L, -1)) {
     const char *message = lua_tostring(L, -1);
     luaL_traceback(L, co, message, 0);
     lua_remove(L, -2);
@@ -328,15 +332,8 @@ static int run_lua_callback(lua_State *L) {
       report_callback_error(L, "a future callback");
     return 0;
   }
-  if (status == LUA_OK) {
-    complete_with_top(L, callback->ctx, callback->child, 0, "next");
-  } else {
-    lua_value_t *value = pop_lua_value(callback->ctx, L);
-    if (value == NULL)
-      return luaL_error(L, "next: out of memory");
-    ember_future_set_error(callback->child, EMBER_EFAILED,
-                           &ember__lua_value_payload, value);
-  }
+  complete_with_top(L, callback->ctx, callback->child, status != LUA_OK,
+                    "next");
   return 0;
 }
 
