@@ -32,6 +32,9 @@ void ember__lua_setfuncs(lua_State *L, int ctx_index, const luaL_Reg *funcs);
 /* Pushes an ember.Error {code = "ETIMEDOUT", message = ...}. */
 void ember__lua_push_error(lua_State *L, int code, const char *message);
 
+/* Whether the value at `index` is an ember.Error. */
+int ember__lua_is_error(lua_State *L, int index);
+
 /* Raises an ember.Error; never returns. */
 int ember__lua_raise(lua_State *L, int code, const char *fmt, ...);
 

@@ -75,13 +75,18 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-static int core_is_error(lua_State *L) {
+int ember__lua_is_error(lua_State *L, int index) {
   int is_error = 0;
-  if (lua_getmetatable(L, 1)) {
+  if (lua_getmetatable(L, index)) {
     luaL_getmetatable(L, ERROR_METATABLE);
     is_error = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
   }
-  lua_pushboolean(L, is_error);
+  return is_error;
+}
+
+static int core_is_error(lua_State *L) {
+  lua_pushboolean(L, ember__lua_is_error(L, 1));
   return 1;
 }
 
@@ -143,19 +148,24 @@ static void on_sigint(int signal_number) {
 ** running task, and makes run() raise EINTR; catch_interrupt(false) puts the
 ** previous SIGINT disposition back.
 */
+static void stop_catching_interrupt(void) {
+  if (interrupt_ctx != NULL) {
+    sigaction(SIGINT, &saved_sigint, NULL);
+    interrupt_ctx = NULL;
+  }
+}
+
 static int core_catch_interrupt(lua_State *L) {
   ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
-  int enable = lua_toboolean(L, 1);
-  if (enable && interrupt_ctx == NULL) {
+  if (!lua_toboolean(L, 1)) {
+    stop_catching_interrupt();
+  } else if (interrupt_ctx == NULL) {
     struct sigaction action;
     memset(&action, 0, sizeof(action));
     action.sa_handler = on_sigint;
     sigemptyset(&action.sa_mask);
     interrupt_ctx = ctx;
     sigaction(SIGINT, &action, &saved_sigint);
-  } else if (!enable && interrupt_ctx != NULL) {
-    sigaction(SIGINT, &saved_sigint, NULL);
-    interrupt_ctx = NULL;
   }
   return 0;
 }
@@ -164,10 +174,8 @@ static int core_catch_interrupt(lua_State *L) {
 static int ctx_gc(lua_State *L) {
   ember_lua_ctx_t *ctx = lua_touserdata(L, 1);
   if (ctx->loop != NULL) {
-    if (interrupt_ctx == ctx) {
-      sigaction(SIGINT, &saved_sigint, NULL);
-      interrupt_ctx = NULL;
-    }
+    if (interrupt_ctx == ctx)
+      stop_catching_interrupt();
     ctx->closing = 1;
     ember_loop_close(ctx->loop);
     ctx->loop = NULL;

@@ -225,9 +225,7 @@ static int is_bare_message(lua_State *L, int index) {
 static int add_traceback(lua_State *L) {
   if (is_bare_message(L, 1)) {
     luaL_traceback(L, L, lua_tostring(L, 1), 1);
-  } else if (lua_type(L, 1) == LUA_TTABLE &&
-             luaL_getmetafield(L, 1, "__name") == LUA_TSTRING &&
-             strcmp(lua_tostring(L, -1), "ember.Error") == 0 &&
+  } else if (ember__lua_is_error(L, 1) &&
              lua_getfield(L, 1, "traceback") == LUA_TNIL) {
     luaL_traceback(L, L, NULL, 1);
     lua_setfield(L, 1, "traceback");
