@@ -58,5 +58,6 @@ lua_State *ember__lua_running_task(void);
 
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
+void ember__lua_open_tensor(lua_State *L);
 
 #endif

@@ -245,5 +245,6 @@ int luaopen_ember_core(lua_State *L) {
   luaL_getmetatable(L, ERROR_METATABLE);
   lua_setfield(L, 2, "Error");
   ember__lua_open_future(L);
+  ember__lua_open_tensor(L);
   return 1;
 }

@@ -1,0 +1,1118 @@
+/*
+** The Tensor type for Lua: argument checks, 1-based dims and indices turned
+** 0-based, calls into the C core, results pushed. Shape sugar (varargs,
+** option tables), printing and the method table live in lua/ember/tensor.lua;
+** this file registers `core.tensor`, the functions it builds on.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "lua_common.h"
+#include "tensor.h"
+
+#define TENSOR_METATABLE "ember.Tensor"
+
+/* Upvalue-free registry keys: the Lua method table and a formatter. */
+static const char methods_key = 'm';
+
+/* ---- Boxing ------------------------------------------------------------------ */
+
+typedef struct {
+  ember_tensor_t *t; /* NULL once closed */
+} tensor_box_t;
+
+/* Pushes t, taking the caller's reference. NULL raises the core's error. */
+static void push_tensor(lua_State *L, ember_tensor_t *t) {
+  if (t == NULL) {
+    luaL_where(L, 2);
+    lua_pushstring(L, ember_tensor_error());
+    lua_concat(L, 2);
+    lua_error(L);
+  }
+  tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->t = t;
+  luaL_setmetatable(L, TENSOR_METATABLE);
+}
+
+static ember_tensor_t *to_tensor(lua_State *L, int index) {
+  tensor_box_t *box = luaL_testudata(L, index, TENSOR_METATABLE);
+  return box != NULL ? box->t : NULL;
+}
+
+static ember_tensor_t *check_tensor(lua_State *L, int index) {
+  tensor_box_t *box = luaL_testudata(L, index, TENSOR_METATABLE);
+  if (box == NULL) luaL_typeerror(L, index, "tensor");
+  if (box->t == NULL) luaL_argerror(L, index, "tensor was closed");
+  return box->t;
+}
+
+/* Raises the core's message when rc < 0. */
+static void check_rc(lua_State *L, int rc) {
+  if (rc < 0) luaL_error(L, "%s", ember_tensor_error());
+}
+
+/* A 1-based (or negative) dim at index i to 0-based; `extra` allows ndim+1
+** (unsqueeze, stack). */
+static int check_dim(lua_State *L, int i, const ember_tensor_t *t, int extra) {
+  lua_Integer d = luaL_checkinteger(L, i);
+  if (d == 0) {
+    luaL_argerror(L, i, "dimension 0 does not exist: dimensions count from 1");
+  }
+  int dim = (int)(d > 0 ? d - 1 : d);
+  if (ember_tensor_wrap_dim(&dim, t->ndim, extra) < 0) {
+    luaL_argerror(L, i, ember_tensor_error());
+  }
+  return dim;
+}
+
+static int opt_dim(lua_State *L, int i, const ember_tensor_t *t) {
+  return lua_isnoneornil(L, i) ? EMBER_ALL_DIMS : check_dim(L, i, t, 0);
+}
+
+/* A 1-based (or negative) element index to 0-based (negative kept). */
+static int64_t check_index(lua_State *L, int i) {
+  lua_Integer k = luaL_checkinteger(L, i);
+  if (k == 0) luaL_argerror(L, i, "index 0 does not exist: indices count from 1");
+  return k > 0 ? k - 1 : k;
+}
+
+static int check_shape_table(lua_State *L, int i, int64_t *shape) {
+  luaL_checktype(L, i, LUA_TTABLE);
+  int n = (int)luaL_len(L, i);
+  if (n > EMBER_MAX_DIMS) {
+    luaL_argerror(L, i, "too many dimensions");
+  }
+  for (int k = 0; k < n; k++) {
+    lua_geti(L, i, k + 1);
+    int ok;
+    lua_Integer v = lua_tointegerx(L, -1, &ok);
+    if (!ok) {
+      luaL_argerror(L, i, lua_pushfstring(L, "size %d is not an integer", k + 1));
+    }
+    shape[k] = v;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+static ember_dtype_t opt_dtype(lua_State *L, int i, ember_dtype_t def) {
+  if (lua_isnoneornil(L, i)) return def;
+  ember_dtype_t dtype;
+  if (ember_dtype_from_name(luaL_checkstring(L, i), &dtype) < 0) {
+    luaL_argerror(L, i, ember_tensor_error());
+  }
+  return dtype;
+}
+
+/* A tensor from index i, or a Lua number made into a 0-dim tensor like
+** `like` (the scalar's dtype rules are the C core's). Returns a new
+** reference either way. */
+static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
+                                        const ember_tensor_t *like) {
+  ember_tensor_t *t = to_tensor(L, i);
+  if (t != NULL) {
+    ember_tensor_retain(t);
+    return t;
+  }
+  if (lua_type(L, i) != LUA_TNUMBER && !lua_isboolean(L, i)) {
+    luaL_typeerror(L, i, "tensor or number");
+  }
+  ember_dtype_t dtype = like != NULL ? like->dtype : EMBER_FLOAT32;
+  if (lua_isboolean(L, i)) dtype = EMBER_BOOL;
+  else if (!lua_isinteger(L, i) && !ember_dtype_is_float(dtype)) {
+    dtype = EMBER_FLOAT32;
+  }
+  t = ember_tensor_new(NULL, 0, dtype, NULL);
+  if (t == NULL) luaL_error(L, "%s", ember_tensor_error());
+  ember_tensor_set(t, 0, lua_isboolean(L, i) ? lua_toboolean(L, i)
+                                              : lua_tonumber(L, i));
+  return t;
+}
+
+/* ---- Creation ------------------------------------------------------------------ */
+
+/* full(shape, value, dtype) */
+static int t_full(lua_State *L) {
+  int64_t shape[EMBER_MAX_DIMS];
+  int n = check_shape_table(L, 1, shape);
+  double value = luaL_optnumber(L, 2, 0);
+  push_tensor(L, ember_tensor_full(shape, n, opt_dtype(L, 3, EMBER_FLOAT32),
+                                   value));
+  return 1;
+}
+
+/* rand(shape, dtype) / randn(shape, dtype) */
+static int random_tensor(lua_State *L, int normal) {
+  int64_t shape[EMBER_MAX_DIMS];
+  int n = check_shape_table(L, 1, shape);
+  ember_dtype_t dtype = opt_dtype(L, 2, EMBER_FLOAT32);
+  ember_tensor_t *t = ember_tensor_new(shape, n, dtype, NULL);
+  push_tensor(L, t);
+  check_rc(L, normal ? ember_tensor_normal_(t, 0, 1)
+                     : ember_tensor_uniform_(t, 0, 1));
+  return 1;
+}
+
+static int t_rand(lua_State *L) { return random_tensor(L, 0); }
+static int t_randn(lua_State *L) { return random_tensor(L, 1); }
+
+static int t_arange(lua_State *L) {
+  double start = luaL_checknumber(L, 1), end = luaL_checknumber(L, 2);
+  double step = luaL_optnumber(L, 3, 1);
+  int all_int = lua_isinteger(L, 1) && lua_isinteger(L, 2) &&
+                (lua_isnoneornil(L, 3) || lua_isinteger(L, 3));
+  ember_dtype_t dtype = opt_dtype(L, 4, all_int ? EMBER_INT64 : EMBER_FLOAT32);
+  push_tensor(L, ember_tensor_arange(start, end, step, dtype));
+  return 1;
+}
+
+static int t_eye(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "size must be >= 0");
+  push_tensor(L, ember_tensor_eye(n, opt_dtype(L, 2, EMBER_FLOAT32)));
+  return 1;
+}
+
+/* Walks nested tables: records the shape at the first visit of each depth,
+** checks every other sub-table against it, infers the dtype. */
+typedef struct {
+  int ndim;
+  int64_t shape[EMBER_MAX_DIMS];
+  int has_float, has_int, has_bool;
+} nested_info_t;
+
+static void scan_nested(lua_State *L, int index, int depth,
+                        nested_info_t *info, int *shape_known) {
+  int type = lua_type(L, index);
+  if (type == LUA_TNUMBER || type == LUA_TBOOLEAN || to_tensor(L, index)) {
+    if (depth < info->ndim || (!*shape_known && depth > 0 && 0)) {
+      luaL_error(L, "tensor: ragged nested table (a number where a list of "
+                    "%lld was expected at depth %d)",
+                 (long long)info->shape[depth], depth + 1);
+    }
+    if (!*shape_known) {
+      info->ndim = depth;
+      *shape_known = 1;
+    } else if (depth != info->ndim) {
+      luaL_error(L, "tensor: ragged nested table (depth %d, expected %d)",
+                 depth, info->ndim);
+    }
+    if (type == LUA_TBOOLEAN) info->has_bool = 1;
+    else if (type == LUA_TNUMBER && lua_isinteger(L, index)) info->has_int = 1;
+    else info->has_float = 1;
+    return;
+  }
+  if (type != LUA_TTABLE) {
+    luaL_error(L, "tensor: expected numbers, booleans or nested tables, found "
+                  "a %s",
+               luaL_typename(L, index));
+  }
+  if (depth >= EMBER_MAX_DIMS) luaL_error(L, "tensor: nested too deeply");
+  int64_t n = (int64_t)luaL_len(L, index);
+  if (!*shape_known) {
+    info->shape[depth] = n;
+    if (n == 0) {
+      info->ndim = depth + 1;
+      *shape_known = 1;
+      return;
+    }
+  } else if (depth >= info->ndim || info->shape[depth] != n) {
+    luaL_error(L, "tensor: ragged nested table (a list of %lld where %lld "
+                  "was expected at depth %d)",
+               (long long)n, depth < info->ndim ? (long long)info->shape[depth] : 0LL,
+               depth + 1);
+  }
+  luaL_checkstack(L, 4, "tensor: nested too deeply");
+  for (int64_t k = 1; k <= n; k++) {
+    lua_geti(L, index, k);
+    scan_nested(L, lua_gettop(L), depth + 1, info, shape_known);
+    lua_pop(L, 1);
+  }
+}
+
+static void fill_nested(lua_State *L, int index, ember_tensor_t *t,
+                        int64_t *flat) {
+  if (lua_type(L, index) == LUA_TTABLE) {
+    int64_t n = (int64_t)luaL_len(L, index);
+    for (int64_t k = 1; k <= n; k++) {
+      lua_geti(L, index, k);
+      fill_nested(L, lua_gettop(L), t, flat);
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  ember_tensor_t *inner = to_tensor(L, index);
+  double v = inner != NULL ? ember_tensor_get(inner, 0)
+             : lua_isboolean(L, index) ? lua_toboolean(L, index)
+                                       : lua_tonumber(L, index);
+  if (t->dtype == EMBER_INT64 && inner == NULL && lua_isinteger(L, index)) {
+    ((int64_t *)ember_tensor_data(t))[(*flat)++] = lua_tointeger(L, index);
+    return;
+  }
+  ember_tensor_set(t, (*flat)++, v);
+}
+
+/* from_table(data, dtype): nested tables of numbers (or booleans). Lua
+** integers make int64, any float makes float32, booleans make bool. */
+static int t_from_table(lua_State *L) {
+  nested_info_t info = {0};
+  int shape_known = 0;
+  lua_settop(L, 2);
+  scan_nested(L, 1, 0, &info, &shape_known);
+  ember_dtype_t def = info.has_float ? EMBER_FLOAT32
+                      : info.has_int ? EMBER_INT64
+                      : info.has_bool ? EMBER_BOOL
+                                      : EMBER_FLOAT32;
+  ember_tensor_t *t = ember_tensor_new(info.shape, info.ndim,
+                                       opt_dtype(L, 2, def), NULL);
+  push_tensor(L, t);
+  int64_t flat = 0;
+  fill_nested(L, 1, t, &flat);
+  return 1;
+}
+
+static int t_manual_seed(lua_State *L) {
+  ember_random_seed((uint64_t)luaL_checkinteger(L, 1));
+  return 0;
+}
+
+static int t_initial_seed(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ember_random_initial_seed());
+  return 1;
+}
+
+/* ---- Metadata -------------------------------------------------------------------- */
+
+static void push_shape(lua_State *L, const int64_t *shape, int ndim) {
+  lua_createtable(L, ndim, 0);
+  for (int i = 0; i < ndim; i++) {
+    lua_pushinteger(L, shape[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+static int t_size(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_isnoneornil(L, 2)) {
+    push_shape(L, t->shape, t->ndim);
+  } else {
+    lua_pushinteger(L, t->shape[check_dim(L, 2, t, 0)]);
+  }
+  return 1;
+}
+
+static int t_stride(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_isnoneornil(L, 2)) {
+    push_shape(L, t->strides, t->ndim);
+  } else {
+    lua_pushinteger(L, t->strides[check_dim(L, 2, t, 0)]);
+  }
+  return 1;
+}
+
+static int t_dim(lua_State *L) {
+  lua_pushinteger(L, check_tensor(L, 1)->ndim);
+  return 1;
+}
+
+static int t_numel(lua_State *L) {
+  lua_pushinteger(L, ember_tensor_numel(check_tensor(L, 1)));
+  return 1;
+}
+
+static int t_dtype(lua_State *L) {
+  lua_pushstring(L, ember_dtype_name(check_tensor(L, 1)->dtype));
+  return 1;
+}
+
+static int t_device(lua_State *L) {
+  lua_pushstring(L, check_tensor(L, 1)->storage->device->name);
+  return 1;
+}
+
+static int t_is_contiguous(lua_State *L) {
+  lua_pushboolean(L, ember_tensor_is_contiguous(check_tensor(L, 1)));
+  return 1;
+}
+
+static int t_is_tensor(lua_State *L) {
+  lua_pushboolean(L, to_tensor(L, 1) != NULL);
+  return 1;
+}
+
+/* Pushes element `flat` as a Lua value of the tensor's kind. */
+static void push_element(lua_State *L, const ember_tensor_t *t, int64_t flat) {
+  if (t->dtype == EMBER_BOOL) {
+    lua_pushboolean(L, ember_tensor_get(t, flat) != 0);
+  } else if (!ember_dtype_is_float(t->dtype)) {
+    lua_pushinteger(L, ember_tensor_get_int(t, flat));
+  } else {
+    lua_pushnumber(L, ember_tensor_get(t, flat));
+  }
+}
+
+static int t_item(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (ember_tensor_numel(t) != 1) {
+    char buf[128];
+    return luaL_error(L, "item: only a tensor of one element converts to a "
+                         "number, not one of shape %s",
+                      ember_shape_string(t->shape, t->ndim, buf, sizeof buf));
+  }
+  push_element(L, t, 0);
+  return 1;
+}
+
+/* Flat list of the elements in row-major order (for printing). */
+static int t_values(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int64_t n = ember_tensor_numel(t);
+  lua_createtable(L, (int)n, 0);
+  for (int64_t i = 0; i < n; i++) {
+    push_element(L, t, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static void push_nested(lua_State *L, const ember_tensor_t *t, int dim,
+                        int64_t *flat) {
+  if (dim == t->ndim) {
+    push_element(L, t, (*flat)++);
+    return;
+  }
+  luaL_checkstack(L, 2, "totable");
+  lua_createtable(L, (int)t->shape[dim], 0);
+  for (int64_t i = 0; i < t->shape[dim]; i++) {
+    push_nested(L, t, dim + 1, flat);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+static int t_totable(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int64_t flat = 0;
+  push_nested(L, t, 0, &flat);
+  return 1;
+}
+
+/* ---- Views ---------------------------------------------------------------------------- */
+
+static int reshape_impl(lua_State *L, int view_only) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int64_t shape[EMBER_MAX_DIMS];
+  int n = check_shape_table(L, 2, shape);
+  push_tensor(L, ember_tensor_reshape(t, shape, n, view_only));
+  return 1;
+}
+
+static int t_view(lua_State *L) { return reshape_impl(L, 1); }
+static int t_reshape(lua_State *L) { return reshape_impl(L, 0); }
+
+static int t_transpose(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int d0 = check_dim(L, 2, t, 0), d1 = check_dim(L, 3, t, 0);
+  push_tensor(L, ember_tensor_transpose(t, d0, d1));
+  return 1;
+}
+
+/* t:t(): the transpose of a matrix; vectors and scalars as they are. */
+static int t_t(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (t->ndim > 2) {
+    return luaL_error(L, "t: expects a tensor of at most 2 dimensions, not %d; "
+                         "use transpose",
+                      t->ndim);
+  }
+  if (t->ndim < 2) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  push_tensor(L, ember_tensor_transpose(t, 0, 1));
+  return 1;
+}
+
+static int t_permute(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int64_t dims64[EMBER_MAX_DIMS];
+  int dims[EMBER_MAX_DIMS];
+  int n = check_shape_table(L, 2, dims64);
+  for (int i = 0; i < n; i++) {
+    if (dims64[i] == 0) luaL_argerror(L, 2, "dimensions count from 1");
+    dims[i] = (int)(dims64[i] > 0 ? dims64[i] - 1 : dims64[i]);
+  }
+  push_tensor(L, ember_tensor_permute(t, dims, n));
+  return 1;
+}
+
+static int t_narrow(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = check_dim(L, 2, t, 0);
+  int64_t start = check_index(L, 3);
+  push_tensor(L, ember_tensor_narrow(t, dim, start, luaL_checkinteger(L, 4)));
+  return 1;
+}
+
+static int t_select(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = check_dim(L, 2, t, 0);
+  push_tensor(L, ember_tensor_select(t, dim, check_index(L, 3)));
+  return 1;
+}
+
+static int t_unsqueeze(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  push_tensor(L, ember_tensor_unsqueeze(t, check_dim(L, 2, t, 1)));
+  return 1;
+}
+
+static int t_squeeze(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_isnoneornil(L, 2)) {
+    push_tensor(L, ember_tensor_squeeze(t, 0, 1));
+  } else {
+    push_tensor(L, ember_tensor_squeeze(t, check_dim(L, 2, t, 0), 0));
+  }
+  return 1;
+}
+
+static int t_expand(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int64_t shape[EMBER_MAX_DIMS];
+  int n = check_shape_table(L, 2, shape);
+  push_tensor(L, ember_tensor_expand(t, shape, n));
+  return 1;
+}
+
+static int t_contiguous(lua_State *L) {
+  push_tensor(L, ember_tensor_contiguous(check_tensor(L, 1)));
+  return 1;
+}
+
+static int t_clone(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  push_tensor(L, ember_tensor_to(t, t->dtype, 1));
+  return 1;
+}
+
+static int t_detach(lua_State *L) {
+  push_tensor(L, ember_tensor_detach(check_tensor(L, 1)));
+  return 1;
+}
+
+static int t_to(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  push_tensor(L, ember_tensor_to(t, opt_dtype(L, 2, t->dtype),
+                                 lua_toboolean(L, 3)));
+  return 1;
+}
+
+/* ---- Math ---------------------------------------------------------------------------------- */
+
+/* a op b where either may be a number. */
+static int binary(lua_State *L, ember_binary_op_t op) {
+  ember_tensor_t *a = to_tensor(L, 1), *b = to_tensor(L, 2);
+  if (a != NULL && b != NULL) {
+    push_tensor(L, ember_tensor_binary(op, a, b));
+  } else if (a != NULL) {
+    double s = luaL_checknumber(L, 2);
+    push_tensor(L, ember_tensor_binary_scalar(op, a, s, lua_isinteger(L, 2), 0));
+  } else if (b != NULL) {
+    double s = luaL_checknumber(L, 1);
+    push_tensor(L, ember_tensor_binary_scalar(op, b, s, lua_isinteger(L, 1), 1));
+  } else {
+    return luaL_typeerror(L, 1, "tensor");
+  }
+  return 1;
+}
+
+#define BINARY_FN(name, op)                                                    \
+  static int t_##name(lua_State *L) { return binary(L, op); }
+BINARY_FN(add, EMBER_OP_ADD)
+BINARY_FN(sub, EMBER_OP_SUB)
+BINARY_FN(mul, EMBER_OP_MUL)
+BINARY_FN(div, EMBER_OP_DIV)
+BINARY_FN(pow, EMBER_OP_POW)
+BINARY_FN(maximum, EMBER_OP_MAXIMUM)
+BINARY_FN(minimum, EMBER_OP_MINIMUM)
+BINARY_FN(eq, EMBER_OP_EQ)
+BINARY_FN(ne, EMBER_OP_NE)
+BINARY_FN(lt, EMBER_OP_LT)
+BINARY_FN(le, EMBER_OP_LE)
+BINARY_FN(gt, EMBER_OP_GT)
+BINARY_FN(ge, EMBER_OP_GE)
+
+#define UNARY_FN(name, op)                                                     \
+  static int t_##name(lua_State *L) {                                          \
+    push_tensor(L, ember_tensor_unary(op, check_tensor(L, 1), 0, 0));          \
+    return 1;                                                                  \
+  }
+UNARY_FN(neg, EMBER_OP_NEG)
+UNARY_FN(exp, EMBER_OP_EXP)
+UNARY_FN(log, EMBER_OP_LOG)
+UNARY_FN(sqrt, EMBER_OP_SQRT)
+UNARY_FN(tanh, EMBER_OP_TANH)
+UNARY_FN(sigmoid, EMBER_OP_SIGMOID)
+UNARY_FN(relu, EMBER_OP_RELU)
+UNARY_FN(abs, EMBER_OP_ABS)
+UNARY_FN(sign, EMBER_OP_SIGN)
+UNARY_FN(sin, EMBER_OP_SIN)
+UNARY_FN(cos, EMBER_OP_COS)
+UNARY_FN(log1p, EMBER_OP_LOG1P)
+UNARY_FN(reciprocal, EMBER_OP_RECIPROCAL)
+UNARY_FN(logical_not, EMBER_OP_NOT)
+
+static int t_clamp(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  double lo = luaL_optnumber(L, 2, -HUGE_VAL), hi = luaL_optnumber(L, 3, HUGE_VAL);
+  push_tensor(L, ember_tensor_unary(EMBER_OP_CLAMP, t, lo, hi));
+  return 1;
+}
+
+/* sum/prod(t, [dim], [keepdim]) */
+static int reduce(lua_State *L, ember_reduce_op_t op) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = opt_dim(L, 2, t);
+  push_tensor(L, ember_tensor_reduce(op, t, dim, lua_toboolean(L, 3), NULL));
+  return 1;
+}
+
+static int t_sum(lua_State *L) { return reduce(L, EMBER_REDUCE_SUM); }
+static int t_prod(lua_State *L) { return reduce(L, EMBER_REDUCE_PROD); }
+
+static int t_mean(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = opt_dim(L, 2, t);
+  push_tensor(L, ember_tensor_mean(t, dim, lua_toboolean(L, 3)));
+  return 1;
+}
+
+/* Turns 0-based positions into 1-based ones (a new int64 tensor). */
+static void push_positions(lua_State *L, ember_tensor_t *index) {
+  if (index == NULL) push_tensor(L, NULL);
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *one_based = ember_tensor_unary(EMBER_OP_AXPB, index, 1, 1);
+  ember_set_grad_enabled(was);
+  ember_tensor_release(index);
+  push_tensor(L, one_based);
+}
+
+/* max/min(t): the value; max/min(t, dim, [keepdim]): values and positions. */
+static int extreme(lua_State *L, ember_reduce_op_t op) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_isnoneornil(L, 2)) {
+    push_tensor(L, ember_tensor_reduce(op, t, EMBER_ALL_DIMS, 0, NULL));
+    return 1;
+  }
+  if (to_tensor(L, 2) != NULL) { /* elementwise with another tensor */
+    return binary(L, op == EMBER_REDUCE_MAX ? EMBER_OP_MAXIMUM
+                                            : EMBER_OP_MINIMUM);
+  }
+  ember_tensor_t *index = NULL;
+  ember_tensor_t *values = ember_tensor_reduce(op, t, check_dim(L, 2, t, 0),
+                                               lua_toboolean(L, 3), &index);
+  if (values == NULL) ember_tensor_release(index);
+  push_tensor(L, values);
+  push_positions(L, index);
+  return 2;
+}
+
+static int t_max(lua_State *L) { return extreme(L, EMBER_REDUCE_MAX); }
+static int t_min(lua_State *L) { return extreme(L, EMBER_REDUCE_MIN); }
+
+static int arg_extreme(lua_State *L, int min) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = opt_dim(L, 2, t);
+  push_positions(L, ember_tensor_argmax(t, dim, lua_toboolean(L, 3), min));
+  return 1;
+}
+
+static int t_argmax(lua_State *L) { return arg_extreme(L, 0); }
+static int t_argmin(lua_State *L) { return arg_extreme(L, 1); }
+
+static int t_matmul(lua_State *L) {
+  push_tensor(L, ember_tensor_matmul(check_tensor(L, 1), check_tensor(L, 2)));
+  return 1;
+}
+
+/* addmm(bias, a, b, [beta], [alpha]) */
+static int t_addmm(lua_State *L) {
+  ember_tensor_t *bias = check_tensor(L, 1), *a = check_tensor(L, 2),
+                 *b = check_tensor(L, 3);
+  push_tensor(L, ember_tensor_addmm(bias, a, b, luaL_optnumber(L, 4, 1),
+                                    luaL_optnumber(L, 5, 1)));
+  return 1;
+}
+
+static int t_mm(lua_State *L) {
+  push_tensor(L, ember_tensor_addmm(NULL, check_tensor(L, 1),
+                                    check_tensor(L, 2), 0, 1));
+  return 1;
+}
+
+static int softmax_impl(lua_State *L, int log) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = t->ndim == 0 ? 0 : check_dim(L, 2, t, 0);
+  push_tensor(L, ember_tensor_softmax(t, dim, log));
+  return 1;
+}
+
+static int t_softmax(lua_State *L) { return softmax_impl(L, 0); }
+static int t_log_softmax(lua_State *L) { return softmax_impl(L, 1); }
+
+/* cat/stack(list, dim) */
+static int join(lua_State *L, int stacked) {
+  ember_tensor_t *list[256];
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)luaL_len(L, 1);
+  luaL_argcheck(L, n >= 1, 1, "expected a non-empty list of tensors");
+  luaL_argcheck(L, n <= 256, 1, "at most 256 tensors at once");
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, 1, i + 1);
+    list[i] = to_tensor(L, -1);
+    if (list[i] == NULL) {
+      return luaL_argerror(L, 1, lua_pushfstring(L, "element %d is not a "
+                                                    "tensor", i + 1));
+    }
+    lua_pop(L, 1); /* still referenced by the list */
+  }
+  int dim = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    ember_tensor_t *first = list[0];
+    dim = check_dim(L, 2, first, stacked);
+  }
+  push_tensor(L, stacked ? ember_tensor_stack(list, n, dim)
+                         : ember_tensor_cat(list, n, dim));
+  return 1;
+}
+
+static int t_cat(lua_State *L) { return join(L, 0); }
+static int t_stack(lua_State *L) { return join(L, 1); }
+
+/* A 1-based index tensor made 0-based int64 (a new reference). */
+static ember_tensor_t *zero_based(lua_State *L, int i) {
+  ember_tensor_t *index = check_tensor(L, i);
+  if (ember_dtype_is_float(index->dtype) || index->dtype == EMBER_BOOL) {
+    luaL_argerror(L, i, lua_pushfstring(L, "index must be an integer tensor, "
+                                           "not %s",
+                                        ember_dtype_name(index->dtype)));
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *as64 = ember_tensor_to(index, EMBER_INT64, 0);
+  ember_tensor_t *z = as64 != NULL
+                          ? ember_tensor_unary(EMBER_OP_AXPB, as64, 1, -1)
+                          : NULL;
+  ember_tensor_release(as64);
+  ember_set_grad_enabled(was);
+  if (z == NULL) luaL_error(L, "%s", ember_tensor_error());
+  return z;
+}
+
+static int t_gather(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = check_dim(L, 2, t, 0);
+  ember_tensor_t *index = zero_based(L, 3);
+  ember_tensor_t *out = ember_tensor_gather(t, dim, index);
+  ember_tensor_release(index);
+  push_tensor(L, out);
+  return 1;
+}
+
+/* scatter(t, dim, index, src or number, [accumulate]) */
+static int t_scatter(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = check_dim(L, 2, t, 0);
+  ember_tensor_t *src = tensor_or_scalar(L, 4, t);
+  ember_tensor_t *index = zero_based(L, 3);
+  if (src->ndim == 0) { /* a number: broadcast it to the index's shape */
+    ember_tensor_t *full = ember_tensor_expand(src, index->shape, index->ndim);
+    ember_tensor_release(src);
+    src = full;
+  }
+  ember_tensor_t *out = src != NULL ? ember_tensor_scatter(t, dim, index, src,
+                                                           lua_toboolean(L, 5))
+                                    : NULL;
+  ember_tensor_release(src);
+  ember_tensor_release(index);
+  push_tensor(L, out);
+  return 1;
+}
+
+static int t_index_select(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int dim = check_dim(L, 2, t, 0);
+  ember_tensor_t *index = zero_based(L, 3);
+  ember_tensor_t *out = ember_tensor_index_select(t, dim, index);
+  ember_tensor_release(index);
+  push_tensor(L, out);
+  return 1;
+}
+
+/* where(cond, a, b): a and b tensors or numbers. */
+static int t_where(lua_State *L) {
+  ember_tensor_t *cond = check_tensor(L, 1);
+  ember_tensor_t *like = to_tensor(L, 2) ? to_tensor(L, 2) : to_tensor(L, 3);
+  ember_tensor_t *a = tensor_or_scalar(L, 2, like);
+  ember_tensor_t *b = tensor_or_scalar(L, 3, like != NULL ? like : a);
+  ember_tensor_t *out = ember_tensor_where(cond, a, b);
+  ember_tensor_release(a);
+  ember_tensor_release(b);
+  push_tensor(L, out);
+  return 1;
+}
+
+static int t_multinomial(lua_State *L) {
+  ember_tensor_t *probs = check_tensor(L, 1);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  push_positions(L, ember_tensor_multinomial(probs, n, lua_toboolean(L, 3)));
+  return 1;
+}
+
+/* ---- In place (each returns the tensor) ------------------------------------------------------ */
+
+static int t_copy_(lua_State *L) {
+  ember_tensor_t *dst = check_tensor(L, 1);
+  ember_tensor_t *src = tensor_or_scalar(L, 2, dst);
+  int rc = ember_tensor_copy_(dst, src);
+  ember_tensor_release(src);
+  check_rc(L, rc);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_fill_(lua_State *L) {
+  ember_tensor_t *dst = check_tensor(L, 1);
+  double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+  check_rc(L, ember_tensor_fill_(dst, v));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_zero_(lua_State *L) {
+  check_rc(L, ember_tensor_fill_(check_tensor(L, 1), 0));
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* dst op= alpha * src, src a tensor or number */
+static int binary_(lua_State *L, ember_binary_op_t op) {
+  ember_tensor_t *dst = check_tensor(L, 1);
+  ember_tensor_t *src = tensor_or_scalar(L, 2, dst);
+  int rc = ember_tensor_binary_(op, dst, src, luaL_optnumber(L, 3, 1));
+  ember_tensor_release(src);
+  check_rc(L, rc);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_add_(lua_State *L) { return binary_(L, EMBER_OP_ADD); }
+static int t_sub_(lua_State *L) { return binary_(L, EMBER_OP_SUB); }
+static int t_mul_(lua_State *L) { return binary_(L, EMBER_OP_MUL); }
+static int t_div_(lua_State *L) { return binary_(L, EMBER_OP_DIV); }
+
+static int unary_(lua_State *L, ember_unary_op_t op, double a0, double a1) {
+  check_rc(L, ember_tensor_unary_(op, check_tensor(L, 1), a0, a1));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_clamp_(lua_State *L) {
+  return unary_(L, EMBER_OP_CLAMP, luaL_optnumber(L, 2, -HUGE_VAL),
+                luaL_optnumber(L, 3, HUGE_VAL));
+}
+static int t_sqrt_(lua_State *L) { return unary_(L, EMBER_OP_SQRT, 0, 0); }
+static int t_neg_(lua_State *L) { return unary_(L, EMBER_OP_NEG, 0, 0); }
+static int t_relu_(lua_State *L) { return unary_(L, EMBER_OP_RELU, 0, 0); }
+
+static int addc_(lua_State *L, int div) {
+  ember_tensor_t *dst = check_tensor(L, 1);
+  check_rc(L, ember_tensor_addc_(dst, check_tensor(L, 2), check_tensor(L, 3),
+                                 luaL_optnumber(L, 4, 1), div));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_addcmul_(lua_State *L) { return addc_(L, 0); }
+static int t_addcdiv_(lua_State *L) { return addc_(L, 1); }
+
+static int t_uniform_(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  check_rc(L, ember_tensor_uniform_(t, luaL_optnumber(L, 2, 0),
+                                    luaL_optnumber(L, 3, 1)));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_normal_(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  check_rc(L, ember_tensor_normal_(t, luaL_optnumber(L, 2, 0),
+                                   luaL_optnumber(L, 3, 1)));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_allclose(lua_State *L) {
+  int result;
+  check_rc(L, ember_tensor_allclose(check_tensor(L, 1), check_tensor(L, 2),
+                                    luaL_optnumber(L, 3, 1e-5),
+                                    luaL_optnumber(L, 4, 1e-8), &result));
+  lua_pushboolean(L, result);
+  return 1;
+}
+
+static int t_equal(lua_State *L) {
+  int result;
+  check_rc(L, ember_tensor_allclose(check_tensor(L, 1), check_tensor(L, 2), 0,
+                                    0, &result));
+  lua_pushboolean(L, result);
+  return 1;
+}
+
+/* ---- Autograd ------------------------------------------------------------------------------- */
+
+/* backward(t, [grad], [retain_graph]) */
+static int t_backward(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  ember_tensor_t *grad = lua_isnoneornil(L, 2) ? NULL : check_tensor(L, 2);
+  check_rc(L, ember_backward(t, grad, lua_toboolean(L, 3)));
+  return 0;
+}
+
+static int t_requires_grad_(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  int on = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
+  if (t->grad_fn != NULL && !on) {
+    return luaL_error(L, "requires_grad_: only a leaf tensor can stop "
+                         "requiring grad; use detach()");
+  }
+  if (on && !ember_dtype_is_float(t->dtype)) {
+    return luaL_error(L, "requires_grad_: only float tensors can require "
+                         "grad, not %s",
+                      ember_dtype_name(t->dtype));
+  }
+  t->requires_grad = on;
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_set_grad_enabled(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, ember_set_grad_enabled(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int t_is_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, ember_grad_enabled());
+  return 1;
+}
+
+/* ---- Metamethods --------------------------------------------------------------------------------- */
+
+/* t[i]: a number for a 1-D tensor, the i-th sub-tensor (a view) otherwise.
+** t.grad, t.requires_grad, t.is_leaf, t.grad_fn, t.shape; then methods. */
+static int t_index(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    int64_t i = check_index(L, 2);
+    if (t->ndim == 1) {
+      int64_t n = t->shape[0];
+      int64_t k = i < 0 ? i + n : i;
+      if (k < 0 || k >= n) {
+        return luaL_error(L, "index %d is out of range for a tensor of size %d",
+                          (int)lua_tointeger(L, 2), (int)n);
+      }
+      push_element(L, t, k);
+      return 1;
+    }
+    push_tensor(L, ember_tensor_select(t, 0, i));
+    return 1;
+  }
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL) {
+    switch (key[0]) {
+    case 'g':
+      if (strcmp(key, "grad") == 0) {
+        if (t->grad == NULL) {
+          lua_pushnil(L);
+        } else {
+          ember_tensor_retain(t->grad);
+          push_tensor(L, t->grad);
+        }
+        return 1;
+      }
+      if (strcmp(key, "grad_fn") == 0) {
+        if (t->grad_fn == NULL) lua_pushnil(L);
+        else lua_pushstring(L, t->grad_fn->kind->name);
+        return 1;
+      }
+      break;
+    case 'r':
+      if (strcmp(key, "requires_grad") == 0) {
+        lua_pushboolean(L, t->requires_grad);
+        return 1;
+      }
+      break;
+    case 'i':
+      if (strcmp(key, "is_leaf") == 0) {
+        lua_pushboolean(L, t->grad_fn == NULL);
+        return 1;
+      }
+      break;
+    case 's':
+      if (strcmp(key, "shape") == 0) {
+        push_shape(L, t->shape, t->ndim);
+        return 1;
+      }
+      break;
+    default:
+      break;
+    }
+  }
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &methods_key);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int t_newindex(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    int64_t i = check_index(L, 2);
+    ember_tensor_t *slot = t->ndim == 0 ? NULL : ember_tensor_select(t, 0, i);
+    if (slot == NULL) return luaL_error(L, "%s", t->ndim == 0
+                                                     ? "cannot index a 0-dim tensor"
+                                                     : ember_tensor_error());
+    ember_tensor_t *src = to_tensor(L, 3);
+    int rc = src != NULL ? ember_tensor_copy_(slot, src)
+                         : ember_tensor_fill_(slot, lua_isboolean(L, 3)
+                                                        ? lua_toboolean(L, 3)
+                                                        : luaL_checknumber(L, 3));
+    ember_tensor_release(slot);
+    check_rc(L, rc);
+    return 0;
+  }
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "grad") == 0) {
+    ember_tensor_t *g = lua_isnil(L, 3) ? NULL : check_tensor(L, 3);
+    if (g != NULL && !ember_tensor_same_shape(g, t)) {
+      return luaL_error(L, "grad: assigned a gradient of another shape");
+    }
+    if (g != NULL) ember_tensor_retain(g);
+    ember_tensor_release(t->grad);
+    t->grad = g;
+    return 0;
+  }
+  if (strcmp(key, "requires_grad") == 0) {
+    lua_settop(L, 3);
+    lua_remove(L, 2);
+    return t_requires_grad_(L);
+  }
+  return luaL_error(L, "tensor has no settable field '%s'", key);
+}
+
+static int t_len(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  if (t->ndim == 0) return luaL_error(L, "len() of a 0-dim tensor");
+  lua_pushinteger(L, t->shape[0]);
+  return 1;
+}
+
+static int t_gc(lua_State *L) {
+  tensor_box_t *box = luaL_checkudata(L, 1, TENSOR_METATABLE);
+  ember_tensor_release(box->t);
+  box->t = NULL;
+  return 0;
+}
+
+/* Registers the method table tensor.lua builds (looked up by __index). */
+static int t_set_methods(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushvalue(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &methods_key);
+  return 0;
+}
+
+static int t_set_num_threads(lua_State *L) {
+  check_rc(L, ember_cpu_set_threads((int)luaL_checkinteger(L, 1)));
+  return 0;
+}
+
+static int t_get_num_threads(lua_State *L) {
+  lua_pushinteger(L, ember_cpu_threads());
+  return 1;
+}
+
+static int t_memory(lua_State *L) {
+  ember_tensor_t *t = check_tensor(L, 1);
+  lua_pushinteger(L, (lua_Integer)t->storage->nbytes);
+  return 1;
+}
+
+static const luaL_Reg tensor_funcs[] = {
+    {"full", t_full}, {"rand", t_rand}, {"randn", t_randn},
+    {"arange", t_arange}, {"eye", t_eye}, {"from_table", t_from_table},
+    {"manual_seed", t_manual_seed}, {"initial_seed", t_initial_seed},
+    {"size", t_size}, {"stride", t_stride}, {"dim", t_dim},
+    {"numel", t_numel}, {"dtype", t_dtype}, {"device", t_device},
+    {"is_contiguous", t_is_contiguous}, {"is_tensor", t_is_tensor},
+    {"item", t_item}, {"values", t_values}, {"totable", t_totable},
+    {"view", t_view}, {"reshape", t_reshape}, {"transpose", t_transpose},
+    {"t", t_t}, {"permute", t_permute}, {"narrow", t_narrow},
+    {"select", t_select}, {"unsqueeze", t_unsqueeze}, {"squeeze", t_squeeze},
+    {"expand", t_expand}, {"contiguous", t_contiguous}, {"clone", t_clone},
+    {"detach", t_detach}, {"to", t_to},
+    {"add", t_add}, {"sub", t_sub}, {"mul", t_mul}, {"div", t_div},
+    {"pow", t_pow}, {"maximum", t_maximum}, {"minimum", t_minimum},
+    {"eq", t_eq}, {"ne", t_ne}, {"lt", t_lt}, {"le", t_le}, {"gt", t_gt},
+    {"ge", t_ge},
+    {"neg", t_neg}, {"exp", t_exp}, {"log", t_log}, {"sqrt", t_sqrt},
+    {"tanh", t_tanh}, {"sigmoid", t_sigmoid}, {"relu", t_relu},
+    {"abs", t_abs}, {"sign", t_sign}, {"sin", t_sin}, {"cos", t_cos},
+    {"log1p", t_log1p}, {"reciprocal", t_reciprocal},
+    {"logical_not", t_logical_not}, {"clamp", t_clamp},
+    {"sum", t_sum}, {"prod", t_prod}, {"mean", t_mean}, {"max", t_max},
+    {"min", t_min}, {"argmax", t_argmax}, {"argmin", t_argmin},
+    {"matmul", t_matmul}, {"mm", t_mm}, {"addmm", t_addmm},
+    {"softmax", t_softmax}, {"log_softmax", t_log_softmax},
+    {"cat", t_cat}, {"stack", t_stack}, {"gather", t_gather},
+    {"scatter", t_scatter}, {"index_select", t_index_select},
+    {"where", t_where}, {"multinomial", t_multinomial},
+    {"copy_", t_copy_}, {"fill_", t_fill_}, {"zero_", t_zero_},
+    {"add_", t_add_}, {"sub_", t_sub_}, {"mul_", t_mul_}, {"div_", t_div_},
+    {"clamp_", t_clamp_}, {"sqrt_", t_sqrt_}, {"neg_", t_neg_},
+    {"relu_", t_relu_}, {"addcmul_", t_addcmul_}, {"addcdiv_", t_addcdiv_},
+    {"uniform_", t_uniform_}, {"normal_", t_normal_},
+    {"allclose", t_allclose}, {"equal", t_equal},
+    {"backward", t_backward}, {"requires_grad_", t_requires_grad_},
+    {"set_grad_enabled", t_set_grad_enabled},
+    {"is_grad_enabled", t_is_grad_enabled},
+    {"set_methods", t_set_methods}, {"set_num_threads", t_set_num_threads},
+    {"get_num_threads", t_get_num_threads}, {"storage_bytes", t_memory},
+    {NULL, NULL}};
+
+static const luaL_Reg tensor_meta[] = {
+    {"__index", t_index}, {"__newindex", t_newindex}, {"__len", t_len},
+    {"__gc", t_gc}, {"__close", t_gc},
+    {"__add", t_add}, {"__sub", t_sub}, {"__mul", t_mul}, {"__div", t_div},
+    {"__pow", t_pow}, {"__unm", t_neg},
+    {NULL, NULL}};
+
+void ember__lua_open_tensor(lua_State *L) {
+  if (ember_cpu_init_threads() < 0) {
+    /* A bad setting is reported, not fatal: the default stays. */
+    fprintf(stderr, "ember: %s; using 1 thread\n", ember_tensor_error());
+    ember_cpu_set_threads(1);
+  }
+  if (luaL_newmetatable(L, TENSOR_METATABLE)) {
+    luaL_setfuncs(L, tensor_meta, 0);
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  luaL_setfuncs(L, tensor_funcs, 0);
+  luaL_getmetatable(L, TENSOR_METATABLE);
+  lua_setfield(L, -2, "metatable");
+  lua_setfield(L, 2, "tensor");
+}

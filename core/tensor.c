@@ -1,0 +1,499 @@
+/*
+** Tensors: dtypes, storage and view life cycle, creation, element access,
+** the process's random generator, and error messages.
+*/
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "error.h"
+#include "tensor.h"
+
+/* ---- dtypes ------------------------------------------------------------- */
+
+static const struct {
+  const char *name;
+  size_t size;
+  int is_float;
+} dtype_info[EMBER_DTYPE_COUNT] = {
+#define EMBER_DTYPE_INFO(name, ctype, lname, size, isfloat) {lname, size, isfloat},
+    EMBER_DTYPE_MAP(EMBER_DTYPE_INFO)
+#undef EMBER_DTYPE_INFO
+};
+
+const char *ember_dtype_name(ember_dtype_t dtype) {
+  return dtype_info[dtype].name;
+}
+
+size_t ember_dtype_size(ember_dtype_t dtype) { return dtype_info[dtype].size; }
+
+int ember_dtype_is_float(ember_dtype_t dtype) {
+  return dtype_info[dtype].is_float;
+}
+
+int ember_dtype_from_name(const char *name, ember_dtype_t *dtype) {
+  for (int i = 0; i < EMBER_DTYPE_COUNT; i++) {
+    if (strcmp(name, dtype_info[i].name) == 0) {
+      *dtype = (ember_dtype_t)i;
+      return 0;
+    }
+  }
+  /* PyTorch's aliases, so that code written for it reads the same here. */
+  static const struct {
+    const char *alias;
+    ember_dtype_t dtype;
+  } aliases[] = {{"float", EMBER_FLOAT32}, {"double", EMBER_FLOAT64},
+                 {"long", EMBER_INT64},    {"int", EMBER_INT32},
+                 {"byte", EMBER_UINT8}};
+  for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
+    if (strcmp(name, aliases[i].alias) == 0) {
+      *dtype = aliases[i].dtype;
+      return 0;
+    }
+  }
+  return ember__tensor_fail(EMBER_EINVAL,
+                            "unknown dtype '%s' (expected float32, float64, "
+                            "int64, int32, uint8 or bool)",
+                            name);
+}
+
+ember_dtype_t ember_dtype_promote(ember_dtype_t a, ember_dtype_t b) {
+  return a > b ? a : b;
+}
+
+/* ---- Errors --------------------------------------------------------------- */
+
+static _Thread_local char last_error[512];
+
+const char *ember_tensor_error(void) {
+  return last_error[0] != '\0' ? last_error : "tensor operation failed";
+}
+
+int ember__tensor_fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+const char *ember_shape_string(const int64_t *shape, int ndim, char *buf,
+                               size_t size) {
+  size_t used = (size_t)snprintf(buf, size, "[");
+  for (int i = 0; i < ndim && used < size; i++) {
+    used += (size_t)snprintf(buf + used, size - used, "%s%lld",
+                             i > 0 ? ", " : "", (long long)shape[i]);
+  }
+  if (used < size) snprintf(buf + used, size - used, "]");
+  return buf;
+}
+
+/* ---- Life cycle ----------------------------------------------------------- */
+
+static ember_storage_t *storage_new(size_t nbytes,
+                                    const ember_device_t *device) {
+  ember_storage_t *s = malloc(sizeof *s);
+  if (s == NULL) return NULL;
+  /* Never a NULL data pointer, even for an empty tensor. */
+  s->data = device->alloc(nbytes > 0 ? nbytes : 1);
+  if (s->data == NULL) {
+    free(s);
+    return NULL;
+  }
+  atomic_init(&s->refs, 1);
+  s->nbytes = nbytes;
+  s->device = device;
+  return s;
+}
+
+static void storage_release(ember_storage_t *s) {
+  if (atomic_fetch_sub(&s->refs, 1) == 1) {
+    s->device->free(s->data);
+    free(s);
+  }
+}
+
+static int64_t shape_numel(const int64_t *shape, int ndim) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  return n;
+}
+
+static int check_shape(const int64_t *shape, int ndim) {
+  char buf[128];
+  if (ndim < 0 || ndim > EMBER_MAX_DIMS) {
+    return ember__tensor_fail(EMBER_EINVAL,
+                              "a tensor has at most %d dimensions, not %d",
+                              EMBER_MAX_DIMS, ndim);
+  }
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) {
+      return ember__tensor_fail(EMBER_EINVAL, "negative size in shape %s",
+                                ember_shape_string(shape, ndim, buf,
+                                                   sizeof buf));
+    }
+    if (shape[i] > 0 && n > (INT64_C(1) << 40) / shape[i]) {
+      return ember__tensor_fail(EMBER_ENOMEM, "shape %s is too large",
+                                ember_shape_string(shape, ndim, buf,
+                                                   sizeof buf));
+    }
+    n *= shape[i];
+  }
+  return 0;
+}
+
+static ember_tensor_t *tensor_alloc(void) {
+  ember_tensor_t *t = calloc(1, sizeof *t);
+  if (t == NULL) ember__tensor_fail(EMBER_ENOMEM, "out of memory");
+  else t->refs = 1;
+  return t;
+}
+
+ember_tensor_t *ember_tensor_new(const int64_t *shape, int ndim,
+                                 ember_dtype_t dtype,
+                                 const ember_device_t *device) {
+  if (check_shape(shape, ndim) < 0) return NULL;
+  ember_tensor_t *t = tensor_alloc();
+  if (t == NULL) return NULL;
+  int64_t n = shape_numel(shape, ndim);
+  t->storage = storage_new((size_t)n * ember_dtype_size(dtype),
+                           device != NULL ? device : &ember_cpu_device);
+  if (t->storage == NULL) {
+    free(t);
+    ember__tensor_fail(EMBER_ENOMEM, "out of memory allocating %lld elements",
+                       (long long)n);
+    return NULL;
+  }
+  t->dtype = dtype;
+  t->ndim = ndim;
+  int64_t stride = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    t->shape[i] = shape[i];
+    t->strides[i] = stride;
+    stride *= shape[i] > 0 ? shape[i] : 1;
+  }
+  return t;
+}
+
+ember_tensor_t *ember_tensor_view_of(const ember_tensor_t *t,
+                                     const int64_t *shape,
+                                     const int64_t *strides, int ndim,
+                                     int64_t offset) {
+  ember_tensor_t *v = tensor_alloc();
+  if (v == NULL) return NULL;
+  v->storage = t->storage;
+  atomic_fetch_add(&v->storage->refs, 1);
+  v->dtype = t->dtype;
+  v->ndim = ndim;
+  v->offset = offset;
+  memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  memcpy(v->strides, strides, sizeof(int64_t) * (size_t)ndim);
+  return v;
+}
+
+void ember_tensor_retain(ember_tensor_t *t) { t->refs++; }
+
+void ember_tensor_release(ember_tensor_t *t) {
+  if (t == NULL || --t->refs > 0) return;
+  if (t->grad != NULL) ember_tensor_release(t->grad);
+  if (t->grad_fn != NULL) ember_node_release(t->grad_fn);
+  storage_release(t->storage);
+  free(t);
+}
+
+int64_t ember_tensor_numel(const ember_tensor_t *t) {
+  return shape_numel(t->shape, t->ndim);
+}
+
+int ember_tensor_is_contiguous(const ember_tensor_t *t) {
+  int64_t expected = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] != 1 && t->strides[i] != expected) return 0;
+    expected *= t->shape[i];
+  }
+  return 1;
+}
+
+void *ember_tensor_data(const ember_tensor_t *t) {
+  return (char *)t->storage->data +
+         t->offset * (int64_t)ember_dtype_size(t->dtype);
+}
+
+int ember_tensor_same_shape(const ember_tensor_t *a, const ember_tensor_t *b) {
+  if (a->ndim != b->ndim) return 0;
+  for (int i = 0; i < a->ndim; i++) {
+    if (a->shape[i] != b->shape[i]) return 0;
+  }
+  return 1;
+}
+
+int ember_tensor_wrap_dim(int *dim, int ndim, int extra) {
+  int range = ndim + (extra ? 1 : 0);
+  int d = *dim < 0 ? *dim + range : *dim;
+  if (d < 0 || d >= (range > 0 ? range : 1)) {
+    return ember__tensor_fail(EMBER_EINVAL,
+                              "dimension %d out of range for a tensor of %d "
+                              "dimension%s",
+                              *dim >= 0 ? *dim + 1 : *dim, ndim,
+                              ndim == 1 ? "" : "s");
+  }
+  *dim = d;
+  return 0;
+}
+
+/* ---- Element access (CPU) ------------------------------------------------- */
+
+static int64_t flat_to_offset(const ember_tensor_t *t, int64_t flat) {
+  int64_t offset = t->offset;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    int64_t size = t->shape[i];
+    offset += (flat % size) * t->strides[i];
+    flat /= size;
+  }
+  return offset;
+}
+
+double ember__load_double(ember_dtype_t dtype, const void *p) {
+  switch (dtype) {
+#define EMBER_DTYPE_LOAD(name, ctype, lname, size, isfloat)                    \
+  case EMBER_##name:                                                           \
+    return (double)*(const ctype *)p;
+    EMBER_DTYPE_MAP(EMBER_DTYPE_LOAD)
+#undef EMBER_DTYPE_LOAD
+  default:
+    return 0;
+  }
+}
+
+void ember__store_double(ember_dtype_t dtype, void *p, double v) {
+  switch (dtype) {
+  case EMBER_BOOL: *(uint8_t *)p = v != 0; break;
+  case EMBER_UINT8: *(uint8_t *)p = (uint8_t)(int64_t)v; break;
+  case EMBER_INT32: *(int32_t *)p = (int32_t)v; break;
+  case EMBER_INT64: *(int64_t *)p = (int64_t)v; break;
+  case EMBER_FLOAT32: *(float *)p = (float)v; break;
+  case EMBER_FLOAT64: *(double *)p = v; break;
+  default: break;
+  }
+}
+
+static void *element_address(const ember_tensor_t *t, int64_t flat) {
+  return (char *)t->storage->data +
+         flat_to_offset(t, flat) * (int64_t)ember_dtype_size(t->dtype);
+}
+
+double ember_tensor_get(const ember_tensor_t *t, int64_t flat) {
+  return ember__load_double(t->dtype, element_address(t, flat));
+}
+
+int64_t ember_tensor_get_int(const ember_tensor_t *t, int64_t flat) {
+  void *p = element_address(t, flat);
+  if (t->dtype == EMBER_INT64) return *(int64_t *)p;
+  return (int64_t)ember__load_double(t->dtype, p);
+}
+
+int ember_tensor_set(ember_tensor_t *t, int64_t flat, double value) {
+  ember__store_double(t->dtype, element_address(t, flat), value);
+  return 0;
+}
+
+/* ---- Creation ------------------------------------------------------------- */
+
+ember_tensor_t *ember_tensor_full(const int64_t *shape, int ndim,
+                                  ember_dtype_t dtype, double value) {
+  ember_tensor_t *t = ember_tensor_new(shape, ndim, dtype, NULL);
+  if (t != NULL && value != 0 && t->storage->device->fill(t, value) < 0) {
+    ember_tensor_release(t);
+    return NULL;
+  }
+  return t;
+}
+
+ember_tensor_t *ember_tensor_arange(double start, double end, double step,
+                                    ember_dtype_t dtype) {
+  if (step == 0 || isnan(start) || isnan(end) || isnan(step)) {
+    ember__tensor_fail(EMBER_EINVAL, "arange: step must be non-zero and the "
+                                     "bounds numbers");
+    return NULL;
+  }
+  double count = ceil((end - start) / step);
+  int64_t n = count > 0 ? (int64_t)count : 0;
+  ember_tensor_t *t = ember_tensor_new(&n, 1, dtype, NULL);
+  if (t == NULL) return NULL;
+  for (int64_t i = 0; i < n; i++) ember_tensor_set(t, i, start + (double)i * step);
+  return t;
+}
+
+ember_tensor_t *ember_tensor_eye(int64_t n, ember_dtype_t dtype) {
+  int64_t shape[2] = {n, n};
+  ember_tensor_t *t = ember_tensor_new(shape, 2, dtype, NULL);
+  if (t == NULL) return NULL;
+  for (int64_t i = 0; i < n; i++) ember_tensor_set(t, i * n + i, 1);
+  return t;
+}
+
+/* ---- Random numbers --------------------------------------------------------
+** xoshiro256** seeded through splitmix64: small, fast and well tested. */
+
+static _Thread_local uint64_t rng[4];
+static _Thread_local uint64_t rng_seed;
+static _Thread_local int rng_ready;
+static _Thread_local int normal_cached;
+static _Thread_local double normal_next;
+
+static uint64_t splitmix64(uint64_t *x) {
+  uint64_t z = (*x += UINT64_C(0x9e3779b97f4a7c15));
+  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+void ember_random_seed(uint64_t seed) {
+  uint64_t x = seed;
+  for (int i = 0; i < 4; i++) rng[i] = splitmix64(&x);
+  rng_seed = seed;
+  rng_ready = 1;
+  normal_cached = 0;
+}
+
+uint64_t ember_random_initial_seed(void) {
+  if (!rng_ready) ember_random_seed(UINT64_C(0x5eed) ^ (uint64_t)uv_hrtime());
+  return rng_seed;
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next_u64(void) {
+  if (!rng_ready) ember_random_initial_seed();
+  uint64_t result = rotl(rng[1] * 5, 7) * 9;
+  uint64_t t = rng[1] << 17;
+  rng[2] ^= rng[0];
+  rng[3] ^= rng[1];
+  rng[1] ^= rng[2];
+  rng[0] ^= rng[3];
+  rng[2] ^= t;
+  rng[3] = rotl(rng[3], 45);
+  return result;
+}
+
+double ember_random_uniform(void) {
+  return (double)(next_u64() >> 11) * 0x1.0p-53;
+}
+
+/* Box-Muller, keeping the second value for the next call. */
+double ember_random_normal(void) {
+  if (normal_cached) {
+    normal_cached = 0;
+    return normal_next;
+  }
+  double u1 = ember_random_uniform(), u2 = ember_random_uniform();
+  double r = sqrt(-2.0 * log(1.0 - u1));
+  normal_next = r * sin(2.0 * M_PI * u2);
+  normal_cached = 1;
+  return r * cos(2.0 * M_PI * u2);
+}
+
+static int check_float(const ember_tensor_t *t, const char *what) {
+  if (!ember_dtype_is_float(t->dtype)) {
+    return ember__tensor_fail(EMBER_EINVAL, "%s needs a float tensor, not %s",
+                              what, ember_dtype_name(t->dtype));
+  }
+  return 0;
+}
+
+int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {
+  if (check_float(t, "uniform_") < 0) return EMBER_EINVAL;
+  int64_t n = ember_tensor_numel(t);
+  for (int64_t i = 0; i < n; i++) {
+    ember_tensor_set(t, i, lo + (hi - lo) * ember_random_uniform());
+  }
+  return 0;
+}
+
+int ember_tensor_normal_(ember_tensor_t *t, double mean, double std) {
+  if (check_float(t, "normal_") < 0) return EMBER_EINVAL;
+  int64_t n = ember_tensor_numel(t);
+  for (int64_t i = 0; i < n; i++) {
+    ember_tensor_set(t, i, mean + std * ember_random_normal());
+  }
+  return 0;
+}
+
+/* One draw from weights w[0..k) (stride apart) whose sum is total. */
+static int64_t draw_index(const ember_tensor_t *w, int64_t row, int64_t k,
+                          const uint8_t *taken, double total) {
+  double target = ember_random_uniform() * total, acc = 0;
+  int64_t last = -1;
+  for (int64_t j = 0; j < k; j++) {
+    if (taken != NULL && taken[j]) continue;
+    double p = ember_tensor_get(w, row * k + j);
+    if (p <= 0) continue;
+    last = j;
+    acc += p;
+    if (target < acc) return j;
+  }
+  return last; /* rounding left target at the very end */
+}
+
+ember_tensor_t *ember_tensor_multinomial(const ember_tensor_t *probs,
+                                         int64_t n, int replacement) {
+  if (probs->ndim != 1 && probs->ndim != 2) {
+    ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must be 1-D "
+                                     "or 2-D, not %d-D", probs->ndim);
+    return NULL;
+  }
+  int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1;
+  int64_t k = probs->shape[probs->ndim - 1];
+  if (n < 1 || (!replacement && n > k)) {
+    ember__tensor_fail(EMBER_EINVAL, "multinomial: cannot draw %lld samples "
+                       "from %lld categories%s", (long long)n, (long long)k,
+                       replacement ? "" : " without replacement");
+    return NULL;
+  }
+  ember_tensor_t *w = ember_tensor_to(probs, EMBER_FLOAT64, 0);
+  if (w == NULL) return NULL;
+  int64_t shape[2] = {rows, n};
+  ember_tensor_t *out = probs->ndim == 2
+      ? ember_tensor_new(shape, 2, EMBER_INT64, NULL)
+      : ember_tensor_new(&n, 1, EMBER_INT64, NULL);
+  uint8_t *taken = replacement ? NULL : calloc((size_t)k, 1);
+  if (out == NULL || (!replacement && taken == NULL)) goto fail;
+  for (int64_t r = 0; r < rows; r++) {
+    double total = 0;
+    for (int64_t j = 0; j < k; j++) {
+      double p = ember_tensor_get(w, r * k + j);
+      if (!(p >= 0) || isinf(p)) {
+        ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must be "
+                           "finite and non-negative, found %g", p);
+        goto fail;
+      }
+      total += p;
+    }
+    if (taken != NULL) memset(taken, 0, (size_t)k);
+    for (int64_t s = 0; s < n; s++) {
+      int64_t j = total > 0 ? draw_index(w, r, k, taken, total) : -1;
+      if (j < 0) {
+        ember__tensor_fail(EMBER_EINVAL, "multinomial: the probabilities of "
+                           "row %lld sum to zero", (long long)r + 1);
+        goto fail;
+      }
+      if (taken != NULL) {
+        taken[j] = 1;
+        total -= ember_tensor_get(w, r * k + j);
+      }
+      ((int64_t *)ember_tensor_data(out))[r * n + s] = j;
+    }
+  }
+  free(taken);
+  ember_tensor_release(w);
+  return out;
+fail:
+  free(taken);
+  ember_tensor_release(w);
+  ember_tensor_release(out);
+  return NULL;
+}

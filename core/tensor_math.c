@@ -1,0 +1,986 @@
+/*
+** Arithmetic ops: broadcasting, dtype promotion, element-wise math,
+** reductions, matrix products, softmax, conversions and in-place updates,
+** each with its backward.
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "error.h"
+#include "tensor.h"
+
+/* ---- Temporaries in backward formulas ----------------------------------------
+** Backward formulas chain several ops; a scope collects the intermediate
+** results so that one call releases them, and every helper passes NULL
+** (a failure further up) straight through. */
+
+typedef struct {
+  ember_tensor_t *items[12];
+  int n;
+} scope_t;
+
+static ember_tensor_t *keep(scope_t *s, ember_tensor_t *t) {
+  if (t != NULL) s->items[s->n++] = t;
+  return t;
+}
+
+static void scope_end(scope_t *s) {
+  for (int i = 0; i < s->n; i++) ember_tensor_release(s->items[i]);
+  s->n = 0;
+}
+
+static ember_tensor_t *bin(ember_binary_op_t op, const ember_tensor_t *a,
+                           const ember_tensor_t *b) {
+  return a != NULL && b != NULL ? ember_tensor_binary(op, a, b) : NULL;
+}
+
+static ember_tensor_t *bin_s(ember_binary_op_t op, const ember_tensor_t *a,
+                             double s) {
+  return a != NULL ? ember_tensor_binary_scalar(op, a, s, 0, 0) : NULL;
+}
+
+static ember_tensor_t *un(ember_unary_op_t op, const ember_tensor_t *x,
+                          double a0, double a1) {
+  return x != NULL ? ember_tensor_unary(op, x, a0, a1) : NULL;
+}
+
+/* Whether gradient must flow into the node's input i. */
+static int wants(const ember_node_t *node, int i) {
+  return node->edges[i].node != NULL || node->edges[i].leaf != NULL;
+}
+
+/* Everything the backward asked for was computed. */
+static int all_set(const ember_node_t *node, ember_tensor_t **grads_in) {
+  for (int i = 0; i < node->n_edges; i++) {
+    if (wants(node, i) && grads_in[i] == NULL) return EMBER_ENOMEM;
+  }
+  return 0;
+}
+
+/* ---- Broadcasting --------------------------------------------------------------- */
+
+int ember__broadcast(const ember_tensor_t *const *in, int n,
+                     ember_tensor_t **views) {
+  int64_t shape[EMBER_MAX_DIMS];
+  int ndim = 0;
+  for (int k = 0; k < n; k++) {
+    if (in[k]->ndim > ndim) ndim = in[k]->ndim;
+  }
+  for (int i = 0; i < ndim; i++) {
+    shape[i] = 1;
+    for (int k = 0; k < n; k++) {
+      int j = i - (ndim - in[k]->ndim);
+      int64_t size = j >= 0 ? in[k]->shape[j] : 1;
+      if (size == shape[i] || size == 1) continue;
+      if (shape[i] != 1) {
+        char a[128], b[128];
+        return ember__tensor_fail(
+            EMBER_EINVAL,
+            "shapes %s and %s cannot be broadcast together (dimension %d: %lld "
+            "vs %lld)",
+            ember_shape_string(in[0]->shape, in[0]->ndim, a, sizeof a),
+            ember_shape_string(in[k]->shape, in[k]->ndim, b, sizeof b),
+            i + 1, (long long)shape[i], (long long)size);
+      }
+      shape[i] = size;
+    }
+  }
+  for (int k = 0; k < n; k++) {
+    int64_t strides[EMBER_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) {
+      int j = i - (ndim - in[k]->ndim);
+      strides[i] = j >= 0 && in[k]->shape[j] == shape[i] ? in[k]->strides[j] : 0;
+    }
+    views[k] = ember_tensor_view_of(in[k], shape, strides, ndim,
+                                    in[k]->offset);
+    if (views[k] == NULL) {
+      for (int i = 0; i < k; i++) ember_tensor_release(views[i]);
+      return EMBER_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+/* ---- Binary ops ------------------------------------------------------------------ */
+
+static int binary_backward(ember_node_t *node, const ember_tensor_t *g,
+                           ember_tensor_t **grads_in) {
+  const ember_tensor_t *a = node->saved[0], *b = node->saved[1];
+  scope_t s = {0};
+  switch ((ember_binary_op_t)node->ints[0]) {
+  case EMBER_OP_ADD:
+  case EMBER_OP_SUB:
+    if (wants(node, 0)) grads_in[0] = ember_tensor_to(g, g->dtype, 0);
+    if (wants(node, 1)) {
+      grads_in[1] = node->ints[0] == EMBER_OP_ADD
+                        ? ember_tensor_to(g, g->dtype, 0)
+                        : un(EMBER_OP_NEG, g, 0, 0);
+    }
+    break;
+  case EMBER_OP_MUL:
+    if (wants(node, 0)) grads_in[0] = bin(EMBER_OP_MUL, g, b);
+    if (wants(node, 1)) grads_in[1] = bin(EMBER_OP_MUL, g, a);
+    break;
+  case EMBER_OP_DIV:
+    if (wants(node, 0)) grads_in[0] = bin(EMBER_OP_DIV, g, b);
+    if (wants(node, 1)) { /* -g * a / b^2 */
+      ember_tensor_t *q = keep(&s, bin(EMBER_OP_DIV, a, b));
+      ember_tensor_t *q2 = keep(&s, bin(EMBER_OP_DIV, q, b));
+      grads_in[1] = un(EMBER_OP_NEG, keep(&s, bin(EMBER_OP_MUL, g, q2)), 0, 0);
+    }
+    break;
+  case EMBER_OP_POW:
+    if (wants(node, 0)) { /* g * b * a^(b-1) */
+      ember_tensor_t *bm1 = keep(&s, bin_s(EMBER_OP_SUB, b, 1));
+      ember_tensor_t *p = keep(&s, bin(EMBER_OP_POW, a, bm1));
+      grads_in[0] = bin(EMBER_OP_MUL, g, keep(&s, bin(EMBER_OP_MUL, b, p)));
+    }
+    if (wants(node, 1)) { /* g * a^b * log(a) */
+      ember_tensor_t *p = keep(&s, bin(EMBER_OP_POW, a, b));
+      ember_tensor_t *l = keep(&s, un(EMBER_OP_LOG, a, 0, 0));
+      grads_in[1] = bin(EMBER_OP_MUL, g, keep(&s, bin(EMBER_OP_MUL, p, l)));
+    }
+    break;
+  case EMBER_OP_MAXIMUM:
+  case EMBER_OP_MINIMUM: {
+    ember_binary_op_t cmp =
+        node->ints[0] == EMBER_OP_MAXIMUM ? EMBER_OP_GE : EMBER_OP_LE;
+    ember_tensor_t *mask = keep(&s, bin(cmp, a, b));
+    ember_tensor_t *zero = keep(&s, ember_tensor_new(NULL, 0, g->dtype, NULL));
+    if (mask != NULL && zero != NULL) {
+      if (wants(node, 0)) grads_in[0] = ember_tensor_where(mask, g, zero);
+      if (wants(node, 1)) grads_in[1] = ember_tensor_where(mask, zero, g);
+    }
+    break;
+  }
+  default:
+    break;
+  }
+  scope_end(&s);
+  return all_set(node, grads_in);
+}
+
+static const ember_node_kind_t binary_kinds[] = {
+    {"AddBackward0", binary_backward},     {"SubBackward0", binary_backward},
+    {"MulBackward0", binary_backward},     {"DivBackward0", binary_backward},
+    {"PowBackward1", binary_backward},     {"MaximumBackward0", binary_backward},
+    {"MinimumBackward0", binary_backward},
+};
+
+static int is_comparison(ember_binary_op_t op) { return op >= EMBER_OP_EQ; }
+
+/* The dtype both operands are computed in. */
+static ember_dtype_t compute_dtype(ember_binary_op_t op, ember_dtype_t a,
+                                   ember_dtype_t b) {
+  ember_dtype_t d = ember_dtype_promote(a, b);
+  if (op == EMBER_OP_DIV && !ember_dtype_is_float(d)) return EMBER_FLOAT32;
+  if (d == EMBER_BOOL && !is_comparison(op) && op != EMBER_OP_MAXIMUM &&
+      op != EMBER_OP_MINIMUM) {
+    return EMBER_INT64;
+  }
+  return d;
+}
+
+/* out = a op b, with a and b already in the compute dtype. */
+static ember_tensor_t *binary_raw(ember_binary_op_t op,
+                                  const ember_tensor_t *a,
+                                  const ember_tensor_t *b) {
+  const ember_tensor_t *in[2] = {a, b};
+  ember_tensor_t *v[2];
+  if (ember__broadcast(in, 2, v) < 0) return NULL;
+  ember_tensor_t *out = ember_tensor_new(
+      v[0]->shape, v[0]->ndim, is_comparison(op) ? EMBER_BOOL : a->dtype,
+      a->storage->device);
+  if (out != NULL &&
+      out->storage->device->binary(op, out, v[0], v[1]) < 0) {
+    ember_tensor_release(out);
+    out = NULL;
+  }
+  ember_tensor_release(v[0]);
+  ember_tensor_release(v[1]);
+  return out;
+}
+
+ember_tensor_t *ember_tensor_binary(ember_binary_op_t op,
+                                    const ember_tensor_t *a,
+                                    const ember_tensor_t *b) {
+  if (a->storage->device != b->storage->device) {
+    ember__tensor_fail(EMBER_EINVAL, "expected both tensors on one device, "
+                                     "found %s and %s",
+                       a->storage->device->name, b->storage->device->name);
+    return NULL;
+  }
+  ember_dtype_t dtype = compute_dtype(op, a->dtype, b->dtype);
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *ac = ember_tensor_to(a, dtype, 0);
+  ember_tensor_t *bc = ac != NULL ? ember_tensor_to(b, dtype, 0) : NULL;
+  ember_tensor_t *out = bc != NULL ? binary_raw(op, ac, bc) : NULL;
+  ember_set_grad_enabled(was);
+  const ember_tensor_t *inputs[2] = {a, b};
+  if (out != NULL && !is_comparison(op) && ember_dtype_is_float(dtype) &&
+      ember_autograd_needed(inputs, 2)) {
+    ember_node_t *node = ember_autograd_record(out, &binary_kinds[op], inputs,
+                                               2);
+    int rc = node != NULL ? 0 : EMBER_ENOMEM;
+    if (rc == 0) {
+      node->ints[0] = op;
+      if (op != EMBER_OP_ADD && op != EMBER_OP_SUB) {
+        rc = ember_node_save(node, 0, ac);
+        if (rc == 0) rc = ember_node_save(node, 1, bc);
+      }
+    }
+    if (rc < 0) {
+      ember_tensor_release(out);
+      out = NULL;
+    }
+  }
+  ember_tensor_release(ac);
+  ember_tensor_release(bc);
+  return out;
+}
+
+ember_tensor_t *ember_tensor_binary_scalar(ember_binary_op_t op,
+                                           const ember_tensor_t *a,
+                                           double scalar, int is_int,
+                                           int reversed) {
+  ember_dtype_t dtype = a->dtype;
+  if (!ember_dtype_is_float(dtype) && !is_int) dtype = EMBER_FLOAT32;
+  if (dtype == EMBER_BOOL) dtype = EMBER_INT64;
+  ember_tensor_t *s = ember_tensor_new(NULL, 0, dtype, a->storage->device);
+  if (s == NULL) return NULL;
+  if (s->storage->device->fill(s, scalar) < 0) {
+    ember_tensor_release(s);
+    return NULL;
+  }
+  ember_tensor_t *out = reversed ? ember_tensor_binary(op, s, a)
+                                 : ember_tensor_binary(op, a, s);
+  ember_tensor_release(s);
+  return out;
+}
+
+/* ---- Unary ops --------------------------------------------------------------------- */
+
+static int unary_backward(ember_node_t *node, const ember_tensor_t *g,
+                          ember_tensor_t **grads_in) {
+  const ember_tensor_t *x = node->saved[0], *y = node->saved[1];
+  double a0 = node->reals[0], a1 = node->reals[1];
+  scope_t s = {0};
+  ember_tensor_t *r = NULL;
+  switch ((ember_unary_op_t)node->ints[0]) {
+  case EMBER_OP_NEG: r = un(EMBER_OP_NEG, g, 0, 0); break;
+  case EMBER_OP_EXP: r = bin(EMBER_OP_MUL, g, y); break;
+  case EMBER_OP_LOG: r = bin(EMBER_OP_DIV, g, x); break;
+  case EMBER_OP_SQRT:
+    r = bin(EMBER_OP_DIV, g, keep(&s, bin_s(EMBER_OP_MUL, y, 2)));
+    break;
+  case EMBER_OP_TANH: /* g * (1 - y^2) */
+    r = bin(EMBER_OP_MUL, g,
+            keep(&s, un(EMBER_OP_AXPB, keep(&s, bin(EMBER_OP_MUL, y, y)), -1,
+                        1)));
+    break;
+  case EMBER_OP_SIGMOID: /* g * y * (1 - y) */
+    r = bin(EMBER_OP_MUL, g,
+            keep(&s, bin(EMBER_OP_MUL, y,
+                         keep(&s, un(EMBER_OP_AXPB, y, -1, 1)))));
+    break;
+  case EMBER_OP_RELU:
+    r = bin(EMBER_OP_MUL, g,
+            keep(&s, un(EMBER_OP_SIGN, y, 0, 0))); /* y >= 0: 1 or 0 */
+    break;
+  case EMBER_OP_ABS:
+    r = bin(EMBER_OP_MUL, g, keep(&s, un(EMBER_OP_SIGN, x, 0, 0)));
+    break;
+  case EMBER_OP_SIN:
+    r = bin(EMBER_OP_MUL, g, keep(&s, un(EMBER_OP_COS, x, 0, 0)));
+    break;
+  case EMBER_OP_COS:
+    r = bin(EMBER_OP_MUL, g,
+            keep(&s, un(EMBER_OP_NEG, keep(&s, un(EMBER_OP_SIN, x, 0, 0)), 0,
+                        0)));
+    break;
+  case EMBER_OP_LOG1P:
+    r = bin(EMBER_OP_DIV, g, keep(&s, un(EMBER_OP_AXPB, x, 1, 1)));
+    break;
+  case EMBER_OP_RECIPROCAL: /* -g * y^2 */
+    r = un(EMBER_OP_NEG,
+           keep(&s, bin(EMBER_OP_MUL, g, keep(&s, bin(EMBER_OP_MUL, y, y)))),
+           0, 0);
+    break;
+  case EMBER_OP_CLAMP: { /* g where lo <= x <= hi */
+    ember_tensor_t *inside = keep(
+        &s, bin(EMBER_OP_MUL, keep(&s, bin_s(EMBER_OP_GE, x, a0)),
+                keep(&s, bin_s(EMBER_OP_LE, x, a1))));
+    r = bin(EMBER_OP_MUL, g, inside);
+    break;
+  }
+  case EMBER_OP_AXPB: r = bin_s(EMBER_OP_MUL, g, a0); break;
+  case EMBER_OP_SIGN: r = bin_s(EMBER_OP_MUL, g, 0); break;
+  default: break;
+  }
+  scope_end(&s);
+  grads_in[0] = r;
+  return r != NULL ? 0 : EMBER_ENOMEM;
+}
+
+static const ember_node_kind_t unary_kinds[] = {
+    {"NegBackward0", unary_backward},     {"ExpBackward0", unary_backward},
+    {"LogBackward0", unary_backward},     {"SqrtBackward0", unary_backward},
+    {"TanhBackward0", unary_backward},    {"SigmoidBackward0", unary_backward},
+    {"ReluBackward0", unary_backward},    {"AbsBackward0", unary_backward},
+    {"SignBackward0", unary_backward},    {"SinBackward0", unary_backward},
+    {"CosBackward0", unary_backward},     {"Log1PBackward0", unary_backward},
+    {"ReciprocalBackward0", unary_backward},
+    {"ClampBackward1", unary_backward},   {"MulBackward0", unary_backward},
+    {"NotBackward0", unary_backward},
+};
+
+/* Ops that keep an integer dtype; the rest compute in floating point. */
+static int keeps_integers(ember_unary_op_t op) {
+  return op == EMBER_OP_NEG || op == EMBER_OP_ABS || op == EMBER_OP_SIGN ||
+         op == EMBER_OP_RELU || op == EMBER_OP_CLAMP || op == EMBER_OP_AXPB;
+}
+
+ember_tensor_t *ember_tensor_unary(ember_unary_op_t op,
+                                   const ember_tensor_t *x, double arg0,
+                                   double arg1) {
+  ember_dtype_t dtype = x->dtype;
+  if (op == EMBER_OP_NOT) dtype = EMBER_BOOL;
+  else if (!ember_dtype_is_float(dtype) && !keeps_integers(op)) {
+    dtype = EMBER_FLOAT32;
+  } else if (dtype == EMBER_BOOL) {
+    dtype = EMBER_INT64;
+  }
+  ember_tensor_t *out = ember_tensor_new(x->shape, x->ndim, dtype,
+                                         x->storage->device);
+  if (out == NULL) return NULL;
+  if (out->storage->device->unary(op, out, x, arg0, arg1) < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  if (op != EMBER_OP_NOT && ember_dtype_is_float(dtype) &&
+      ember_autograd_needed(&x, 1)) {
+    ember_node_t *node = ember_autograd_record(out, &unary_kinds[op], &x, 1);
+    int rc = node != NULL ? 0 : EMBER_ENOMEM;
+    if (rc == 0) {
+      node->ints[0] = op;
+      node->reals[0] = arg0;
+      node->reals[1] = arg1;
+      rc = ember_node_save(node, 0, x);
+      if (rc == 0) rc = ember_node_save(node, 1, out);
+    }
+    if (rc < 0) {
+      ember_tensor_release(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+/* ---- Reductions ------------------------------------------------------------------- */
+
+/* sum: grad broadcast back over the reduced dim. max/min: grad placed at
+** the saved positions. prod: grad * prod / x. */
+static int reduce_backward(ember_node_t *node, const ember_tensor_t *g,
+                           ember_tensor_t **grads_in) {
+  const ember_edge_t *e = &node->edges[0];
+  int dim = (int)node->ints[1], keepdim = (int)node->ints[2];
+  scope_t s = {0};
+  const ember_tensor_t *gk = keepdim ? g : keep(&s, ember_tensor_unsqueeze(g, dim));
+  ember_tensor_t *r = NULL;
+  switch ((ember_reduce_op_t)node->ints[0]) {
+  case EMBER_REDUCE_SUM:
+    r = gk != NULL ? ember_tensor_expand(gk, e->shape, e->ndim) : NULL;
+    break;
+  case EMBER_REDUCE_PROD: {
+    const ember_tensor_t *yk =
+        keepdim ? node->saved[1]
+                : keep(&s, ember_tensor_unsqueeze(node->saved[1], dim));
+    r = bin(EMBER_OP_MUL, gk, keep(&s, bin(EMBER_OP_DIV, yk, node->saved[0])));
+    break;
+  }
+  default: { /* MAX, MIN: saved[2] holds the positions, keepdim-shaped */
+    ember_tensor_t *full = ember_tensor_new(e->shape, e->ndim, g->dtype,
+                                            g->storage->device);
+    if (full != NULL && (gk == NULL ||
+        full->storage->device->scatter(full, dim, node->saved[2], gk, 1) < 0)) {
+      ember_tensor_release(full);
+      full = NULL;
+    }
+    r = full;
+    break;
+  }
+  }
+  scope_end(&s);
+  grads_in[0] = r;
+  return r != NULL ? 0 : EMBER_ENOMEM;
+}
+
+static const ember_node_kind_t reduce_kinds[] = {
+    {"SumBackward1", reduce_backward}, {"ProdBackward1", reduce_backward},
+    {"MaxBackward0", reduce_backward}, {"MinBackward0", reduce_backward},
+};
+
+/* Over every element: a reduction of the flattened tensor, recorded through
+** the reshape like any other view. */
+static ember_tensor_t *reduce_all(ember_reduce_op_t op,
+                                  const ember_tensor_t *x,
+                                  ember_tensor_t **index) {
+  int64_t minus_one = -1;
+  ember_tensor_t *flat = ember_tensor_reshape(x, &minus_one, 1, 0);
+  ember_tensor_t *r = flat != NULL
+                          ? ember_tensor_reduce(op, flat, 0, 0, index)
+                          : NULL;
+  ember_tensor_release(flat);
+  return r;
+}
+
+static int record_reduce(ember_tensor_t *out, ember_reduce_op_t op,
+                         const ember_tensor_t *x, int dim, int keepdim,
+                         ember_tensor_t *positions) {
+  ember_node_t *node = ember_autograd_record(out, &reduce_kinds[op], &x, 1);
+  if (node == NULL) return EMBER_ENOMEM;
+  node->ints[0] = op;
+  node->ints[1] = dim;
+  node->ints[2] = keepdim;
+  if (op == EMBER_REDUCE_PROD) {
+    int rc = ember_node_save(node, 0, x);
+    return rc == 0 ? ember_node_save(node, 1, out) : rc;
+  }
+  if (op == EMBER_REDUCE_SUM) return 0;
+  ember_tensor_t *pk = keepdim ? positions
+                               : ember_tensor_unsqueeze(positions, dim);
+  int rc = pk != NULL ? ember_node_save(node, 2, pk) : EMBER_ENOMEM;
+  if (pk != positions) ember_tensor_release(pk);
+  return rc;
+}
+
+ember_tensor_t *ember_tensor_reduce(ember_reduce_op_t op,
+                                    const ember_tensor_t *x, int dim,
+                                    int keepdim, ember_tensor_t **index) {
+  if (index != NULL) *index = NULL;
+  if (dim == EMBER_ALL_DIMS || x->ndim == 0) {
+    if (ember_tensor_numel(x) == 0 && op >= EMBER_REDUCE_MAX) {
+      ember__tensor_fail(EMBER_EINVAL, "max/min of an empty tensor");
+      return NULL;
+    }
+    if (dim != EMBER_ALL_DIMS && ember_tensor_wrap_dim(&dim, 1, 0) < 0) {
+      return NULL;
+    }
+    return reduce_all(op, x, index);
+  }
+  if (ember_tensor_wrap_dim(&dim, x->ndim, 0) < 0) return NULL;
+  if (x->shape[dim] == 0 && op >= EMBER_REDUCE_MAX) {
+    ember__tensor_fail(EMBER_EINVAL, "max/min over the empty dimension %d",
+                       dim + 1);
+    return NULL;
+  }
+  ember_dtype_t dtype = x->dtype;
+  if (!ember_dtype_is_float(dtype) && op <= EMBER_REDUCE_PROD) {
+    dtype = EMBER_INT64;
+  }
+  int record = ember_dtype_is_float(dtype) && ember_autograd_needed(&x, 1);
+  int need_positions = op >= EMBER_REDUCE_MAX && (index != NULL || record);
+  int64_t shape[EMBER_MAX_DIMS];
+  int nd = 0;
+  for (int i = 0; i < x->ndim; i++) {
+    if (i != dim) shape[nd++] = x->shape[i];
+    else if (keepdim) shape[nd++] = 1;
+  }
+  /* Kernels write the reduced shape; keepdim is the same memory. */
+  ember_tensor_t *out = ember_tensor_new(shape, nd, dtype, x->storage->device);
+  ember_tensor_t *positions =
+      need_positions && out != NULL
+          ? ember_tensor_new(shape, nd, EMBER_INT64, x->storage->device)
+          : NULL;
+  int rc = out != NULL && (positions != NULL || !need_positions)
+               ? 0 : EMBER_ENOMEM;
+  if (rc == 0) {
+    ember_tensor_t *o = out, *p = positions;
+    ember_tensor_t *os = NULL, *ps = NULL;
+    if (keepdim) { /* the kernel wants the dim removed */
+      os = o = ember_tensor_squeeze(out, dim, 0);
+      if (positions != NULL) ps = p = ember_tensor_squeeze(positions, dim, 0);
+    }
+    rc = o != NULL && (p != NULL || positions == NULL)
+             ? x->storage->device->reduce(op, o, p, x, dim) : EMBER_ENOMEM;
+    ember_tensor_release(os);
+    ember_tensor_release(ps);
+  }
+  if (rc == 0 && record) rc = record_reduce(out, op, x, dim, keepdim, positions);
+  if (rc < 0) {
+    ember_tensor_release(out);
+    ember_tensor_release(positions);
+    return NULL;
+  }
+  if (index != NULL) *index = positions;
+  else ember_tensor_release(positions);
+  return out;
+}
+
+ember_tensor_t *ember_tensor_mean(const ember_tensor_t *x, int dim,
+                                  int keepdim) {
+  if (!ember_dtype_is_float(x->dtype)) {
+    ember__tensor_fail(EMBER_EINVAL, "mean needs a float tensor, not %s; "
+                                     "convert it first",
+                       ember_dtype_name(x->dtype));
+    return NULL;
+  }
+  ember_tensor_t *sum = ember_tensor_reduce(EMBER_REDUCE_SUM, x, dim, keepdim,
+                                            NULL);
+  if (sum == NULL) return NULL;
+  int64_t n = dim == EMBER_ALL_DIMS ? ember_tensor_numel(x)
+                                    : x->shape[dim < 0 ? dim + x->ndim : dim];
+  ember_tensor_t *mean = ember_tensor_unary(EMBER_OP_AXPB, sum,
+                                            1.0 / (double)n, 0);
+  ember_tensor_release(sum);
+  return mean;
+}
+
+ember_tensor_t *ember_tensor_argmax(const ember_tensor_t *x, int dim,
+                                    int keepdim, int min) {
+  ember_tensor_t *index = NULL;
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *values = ember_tensor_reduce(
+      min ? EMBER_REDUCE_MIN : EMBER_REDUCE_MAX, x, dim, keepdim, &index);
+  ember_set_grad_enabled(was);
+  ember_tensor_release(values);
+  return index;
+}
+
+/* ---- Matrix products ---------------------------------------------------------------- */
+
+static int check_matrix_dtypes(const ember_tensor_t *a,
+                               const ember_tensor_t *b, const char *what) {
+  if (a->dtype != b->dtype) {
+    return ember__tensor_fail(EMBER_EINVAL,
+                              "%s: expected one dtype, found %s and %s", what,
+                              ember_dtype_name(a->dtype),
+                              ember_dtype_name(b->dtype));
+  }
+  return 0;
+}
+
+static int check_mm_shapes(const ember_tensor_t *a, const ember_tensor_t *b,
+                           const char *what) {
+  char sa[128], sb[128];
+  if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) {
+    return ember__tensor_fail(
+        EMBER_EINVAL, "%s: shapes %s and %s cannot be multiplied", what,
+        ember_shape_string(a->shape, a->ndim, sa, sizeof sa),
+        ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
+  }
+  return check_matrix_dtypes(a, b, what);
+}
+
+/* addmm's backward: bias gets beta * g, a gets alpha * g @ b^T, b gets
+** alpha * a^T @ g (bias's broadcasting is undone by the engine). */
+static int addmm_backward(ember_node_t *node, const ember_tensor_t *g,
+                          ember_tensor_t **grads_in) {
+  const ember_tensor_t *a = node->saved[0], *b = node->saved[1];
+  double beta = node->reals[0], alpha = node->reals[1];
+  int has_bias = (int)node->ints[0];
+  int ia = has_bias ? 1 : 0;
+  scope_t s = {0};
+  if (has_bias && wants(node, 0)) {
+    grads_in[0] = beta == 1 ? ember_tensor_to(g, g->dtype, 0)
+                            : bin_s(EMBER_OP_MUL, g, beta);
+  }
+  if (wants(node, ia)) {
+    ember_tensor_t *bt = keep(&s, ember_tensor_transpose(b, 0, 1));
+    grads_in[ia] = bt != NULL ? ember_tensor_addmm(NULL, g, bt, 0, alpha) : NULL;
+  }
+  if (wants(node, ia + 1)) {
+    ember_tensor_t *at = keep(&s, ember_tensor_transpose(a, 0, 1));
+    grads_in[ia + 1] =
+        at != NULL ? ember_tensor_addmm(NULL, at, g, 0, alpha) : NULL;
+  }
+  scope_end(&s);
+  return all_set(node, grads_in);
+}
+
+static const ember_node_kind_t addmm_kind = {"AddmmBackward0",
+                                             addmm_backward};
+static const ember_node_kind_t mm_kind = {"MmBackward0", addmm_backward};
+
+ember_tensor_t *ember_tensor_addmm(const ember_tensor_t *bias,
+                                   const ember_tensor_t *a,
+                                   const ember_tensor_t *b, double beta,
+                                   double alpha) {
+  if (check_mm_shapes(a, b, bias != NULL ? "addmm" : "mm") < 0) return NULL;
+  int64_t shape[2] = {a->shape[0], b->shape[1]};
+  ember_tensor_t *out = ember_tensor_new(shape, 2, a->dtype,
+                                         a->storage->device);
+  if (out == NULL) return NULL;
+  int rc = 0;
+  int was = ember_set_grad_enabled(0);
+  if (bias != NULL && beta != 0) {
+    rc = ember_tensor_copy_(out, bias);
+    if (rc == 0 && beta != 1) rc = ember_tensor_unary_(EMBER_OP_AXPB, out, beta, 0);
+  }
+  ember_set_grad_enabled(was);
+  if (rc == 0) {
+    rc = out->storage->device->gemm(out, a, b, alpha,
+                                    bias != NULL && beta != 0 ? 1.0 : 0.0);
+  }
+  const ember_tensor_t *inputs[3] = {bias, a, b};
+  const ember_tensor_t *const *in = bias != NULL ? inputs : inputs + 1;
+  int n = bias != NULL ? 3 : 2;
+  if (rc == 0 && ember_dtype_is_float(a->dtype) &&
+      ember_autograd_needed(in, n)) {
+    ember_node_t *node = ember_autograd_record(
+        out, bias != NULL ? &addmm_kind : &mm_kind, in, n);
+    rc = node != NULL ? 0 : EMBER_ENOMEM;
+    if (rc == 0) {
+      node->ints[0] = bias != NULL;
+      node->reals[0] = beta;
+      node->reals[1] = alpha;
+      rc = ember_node_save(node, 0, a);
+      if (rc == 0) rc = ember_node_save(node, 1, b);
+    }
+  }
+  if (rc < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* Batched product: both sides broadcast over their leading dims, one mm per
+** matrix pair, stacked. Differentiable through the ops it is made of. */
+static ember_tensor_t *batched_matmul(const ember_tensor_t *a,
+                                      const ember_tensor_t *b) {
+  char sa[128], sb[128];
+  int64_t shape[EMBER_MAX_DIMS];
+  int nb = (a->ndim > b->ndim ? a->ndim : b->ndim) - 2;
+  for (int i = 0; i < nb; i++) {
+    int ja = i - (nb - (a->ndim - 2)), jb = i - (nb - (b->ndim - 2));
+    int64_t x = ja >= 0 ? a->shape[ja] : 1, y = jb >= 0 ? b->shape[jb] : 1;
+    if (x != y && x != 1 && y != 1) {
+      ember__tensor_fail(EMBER_EINVAL,
+                         "matmul: batch dimensions of %s and %s do not "
+                         "broadcast",
+                         ember_shape_string(a->shape, a->ndim, sa, sizeof sa),
+                         ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
+      return NULL;
+    }
+    shape[i] = x > y ? x : y;
+  }
+  int64_t batch = 1;
+  for (int i = 0; i < nb; i++) batch *= shape[i];
+  int64_t ea[EMBER_MAX_DIMS], eb[EMBER_MAX_DIMS], flat_a[3], flat_b[3];
+  memcpy(ea, shape, sizeof(int64_t) * (size_t)nb);
+  memcpy(eb, shape, sizeof(int64_t) * (size_t)nb);
+  ea[nb] = a->shape[a->ndim - 2];
+  ea[nb + 1] = a->shape[a->ndim - 1];
+  eb[nb] = b->shape[b->ndim - 2];
+  eb[nb + 1] = b->shape[b->ndim - 1];
+  flat_a[0] = flat_b[0] = batch;
+  flat_a[1] = ea[nb];
+  flat_a[2] = ea[nb + 1];
+  flat_b[1] = eb[nb];
+  flat_b[2] = eb[nb + 1];
+  scope_t s = {0};
+  ember_tensor_t *a3 = keep(&s, ember_tensor_expand(a, ea, nb + 2));
+  ember_tensor_t *b3 = keep(&s, ember_tensor_expand(b, eb, nb + 2));
+  a3 = a3 != NULL ? keep(&s, ember_tensor_reshape(a3, flat_a, 3, 0)) : NULL;
+  b3 = b3 != NULL ? keep(&s, ember_tensor_reshape(b3, flat_b, 3, 0)) : NULL;
+  ember_tensor_t **parts = calloc((size_t)(batch > 0 ? batch : 1),
+                                  sizeof *parts);
+  ember_tensor_t *out = NULL;
+  int ok = a3 != NULL && b3 != NULL && parts != NULL && batch > 0;
+  for (int64_t i = 0; ok && i < batch; i++) {
+    ember_tensor_t *ai = ember_tensor_select(a3, 0, i);
+    ember_tensor_t *bi = ember_tensor_select(b3, 0, i);
+    parts[i] = ai != NULL && bi != NULL ? ember_tensor_addmm(NULL, ai, bi, 0, 1)
+                                        : NULL;
+    ok = parts[i] != NULL;
+    ember_tensor_release(ai);
+    ember_tensor_release(bi);
+  }
+  if (ok) {
+    ember_tensor_t *stacked = ember_tensor_stack(parts, (int)batch, 0);
+    shape[nb] = ea[nb];
+    shape[nb + 1] = eb[nb + 1];
+    out = stacked != NULL ? ember_tensor_reshape(stacked, shape, nb + 2, 0)
+                          : NULL;
+    ember_tensor_release(stacked);
+  } else if (batch == 0 && a3 != NULL && b3 != NULL) {
+    shape[nb] = ea[nb];
+    shape[nb + 1] = eb[nb + 1];
+    out = ember_tensor_new(shape, nb + 2, a->dtype, a->storage->device);
+  }
+  for (int64_t i = 0; parts != NULL && i < batch; i++) {
+    ember_tensor_release(parts[i]);
+  }
+  free(parts);
+  scope_end(&s);
+  return out;
+}
+
+ember_tensor_t *ember_tensor_matmul(const ember_tensor_t *a,
+                                    const ember_tensor_t *b) {
+  char sa[128], sb[128];
+  if (a->ndim == 0 || b->ndim == 0) {
+    ember__tensor_fail(EMBER_EINVAL, "matmul: both arguments need at least "
+                                     "one dimension, got shapes %s and %s",
+                       ember_shape_string(a->shape, a->ndim, sa, sizeof sa),
+                       ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
+    return NULL;
+  }
+  if (a->shape[a->ndim - 1] != b->shape[b->ndim > 1 ? b->ndim - 2 : 0]) {
+    ember__tensor_fail(EMBER_EINVAL, "matmul: shapes %s and %s cannot be "
+                                     "multiplied",
+                       ember_shape_string(a->shape, a->ndim, sa, sizeof sa),
+                       ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
+    return NULL;
+  }
+  if (a->ndim <= 2 && b->ndim <= 2) {
+    scope_t s = {0};
+    const ember_tensor_t *a2 = a->ndim == 1 ? keep(&s, ember_tensor_unsqueeze(a, 0)) : a;
+    const ember_tensor_t *b2 = b->ndim == 1 ? keep(&s, ember_tensor_unsqueeze(b, 1)) : b;
+    ember_tensor_t *out = a2 != NULL && b2 != NULL
+                              ? ember_tensor_addmm(NULL, a2, b2, 0, 1)
+                              : NULL;
+    if (out != NULL && (a->ndim == 1 || b->ndim == 1)) {
+      int64_t shape[2];
+      int nd = 0;
+      if (a->ndim == 2) shape[nd++] = a->shape[0];
+      if (b->ndim == 2) shape[nd++] = b->shape[1];
+      ember_tensor_t *r = ember_tensor_reshape(out, shape, nd, 0);
+      ember_tensor_release(out);
+      out = r;
+    }
+    scope_end(&s);
+    return out;
+  }
+  scope_t s = {0};
+  const ember_tensor_t *a2 = a->ndim == 1 ? keep(&s, ember_tensor_unsqueeze(a, 0)) : a;
+  const ember_tensor_t *b2 = b->ndim == 1 ? keep(&s, ember_tensor_unsqueeze(b, 1)) : b;
+  ember_tensor_t *out = a2 != NULL && b2 != NULL ? batched_matmul(a2, b2) : NULL;
+  if (out != NULL && (a->ndim == 1 || b->ndim == 1)) {
+    ember_tensor_t *r = ember_tensor_squeeze(out, a->ndim == 1 ? -2 : -1, 0);
+    ember_tensor_release(out);
+    out = r;
+  }
+  scope_end(&s);
+  return out;
+}
+
+/* ---- Softmax ---------------------------------------------------------------------------- */
+
+static int softmax_backward(ember_node_t *node, const ember_tensor_t *g,
+                            ember_tensor_t **grads_in) {
+  const ember_tensor_t *y = node->saved[0];
+  ember_tensor_t *gx = ember_tensor_new(y->shape, y->ndim, y->dtype,
+                                        y->storage->device);
+  if (gx == NULL) return EMBER_ENOMEM;
+  if (gx->storage->device->softmax_backward(gx, g, y, (int)node->ints[0],
+                                            (int)node->ints[1]) < 0) {
+    ember_tensor_release(gx);
+    return EMBER_ENOMEM;
+  }
+  grads_in[0] = gx;
+  return 0;
+}
+
+static const ember_node_kind_t softmax_kind = {"SoftmaxBackward0",
+                                               softmax_backward};
+static const ember_node_kind_t log_softmax_kind = {"LogSoftmaxBackward0",
+                                                   softmax_backward};
+
+ember_tensor_t *ember_tensor_softmax(const ember_tensor_t *x, int dim,
+                                     int log) {
+  if (x->ndim == 0) {
+    int64_t one = 1;
+    ember_tensor_t *v = ember_tensor_reshape(x, &one, 1, 0);
+    ember_tensor_t *r = v != NULL ? ember_tensor_softmax(v, 0, log) : NULL;
+    ember_tensor_release(v);
+    ember_tensor_t *back = r != NULL ? ember_tensor_reshape(r, NULL, 0, 0) : NULL;
+    ember_tensor_release(r);
+    return back;
+  }
+  if (ember_tensor_wrap_dim(&dim, x->ndim, 0) < 0) return NULL;
+  ember_tensor_t *xf = ember_tensor_to(
+      x, ember_dtype_is_float(x->dtype) ? x->dtype : EMBER_FLOAT32, 0);
+  if (xf == NULL) return NULL;
+  ember_tensor_t *out = ember_tensor_new(xf->shape, xf->ndim, xf->dtype,
+                                         xf->storage->device);
+  int rc = out != NULL ? out->storage->device->softmax(out, xf, dim, log)
+                       : EMBER_ENOMEM;
+  if (rc == 0 && ember_autograd_needed((const ember_tensor_t *const *)&xf, 1)) {
+    ember_node_t *node = ember_autograd_record(
+        out, log ? &log_softmax_kind : &softmax_kind,
+        (const ember_tensor_t *const *)&xf, 1);
+    rc = node != NULL ? ember_node_save(node, 0, out) : EMBER_ENOMEM;
+    if (node != NULL) {
+      node->ints[0] = dim;
+      node->ints[1] = log;
+    }
+  }
+  ember_tensor_release(xf);
+  if (rc < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* ---- Conversion ------------------------------------------------------------------------- */
+
+static int copy_backward(ember_node_t *node, const ember_tensor_t *g,
+                         ember_tensor_t **grads_in) {
+  grads_in[0] = (ember_tensor_t *)g;
+  ember_tensor_retain(grads_in[0]);
+  return 0; /* the engine converts the dtype back */
+}
+
+static const ember_node_kind_t to_copy_kind = {"ToCopyBackward0",
+                                               copy_backward};
+static const ember_node_kind_t clone_kind = {"CloneBackward0", copy_backward};
+
+ember_tensor_t *ember_tensor_to(const ember_tensor_t *t, ember_dtype_t dtype,
+                                int copy) {
+  if (dtype == t->dtype && !copy) {
+    ember_tensor_retain((ember_tensor_t *)t);
+    return (ember_tensor_t *)t;
+  }
+  ember_tensor_t *out = ember_tensor_new(t->shape, t->ndim, dtype,
+                                         t->storage->device);
+  if (out == NULL) return NULL;
+  if (out->storage->device->copy(out, t) < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  if (ember_dtype_is_float(dtype) && ember_dtype_is_float(t->dtype) &&
+      ember_autograd_needed(&t, 1)) {
+    if (ember_autograd_record(out, dtype == t->dtype ? &clone_kind
+                                                     : &to_copy_kind,
+                              &t, 1) == NULL) {
+      ember_tensor_release(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t) {
+  return ember_tensor_to(t, t->dtype, !ember_tensor_is_contiguous(t));
+}
+
+/* ---- In place ------------------------------------------------------------------------------ */
+
+static int check_in_place(const ember_tensor_t *dst, const char *what) {
+  if (ember_grad_enabled() && dst->requires_grad && dst->grad_fn == NULL) {
+    return ember__tensor_fail(
+        EMBER_EINVAL,
+        "%s: a leaf tensor that requires grad cannot be changed in place "
+        "while grad is enabled (use no_grad)",
+        what);
+  }
+  return 0;
+}
+
+int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
+  if (check_in_place(dst, "copy_") < 0) return EMBER_EINVAL;
+  ember_tensor_t *v = ember_tensor_expand(src, dst->shape, dst->ndim);
+  if (v == NULL) {
+    char a[128], b[128];
+    return ember__tensor_fail(
+        EMBER_EINVAL, "copy_: source of shape %s does not broadcast to %s",
+        ember_shape_string(src->shape, src->ndim, a, sizeof a),
+        ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
+  }
+  int rc = dst->storage->device->copy(dst, v);
+  ember_tensor_release(v);
+  return rc;
+}
+
+int ember_tensor_fill_(ember_tensor_t *dst, double value) {
+  if (check_in_place(dst, "fill_") < 0) return EMBER_EINVAL;
+  return dst->storage->device->fill(dst, value);
+}
+
+int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
+                         const ember_tensor_t *src, double alpha) {
+  char a[128], b[128];
+  if (check_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (is_comparison(op)) {
+    return ember__tensor_fail(EMBER_EINVAL, "comparisons have no in-place form");
+  }
+  if (!ember_dtype_is_float(dst->dtype) &&
+      (ember_dtype_is_float(src->dtype) || op == EMBER_OP_DIV)) {
+    return ember__tensor_fail(EMBER_EINVAL,
+                              "in-place op: a %s result cannot be stored in "
+                              "a %s tensor",
+                              ember_dtype_name(EMBER_FLOAT32),
+                              ember_dtype_name(dst->dtype));
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *scaled = NULL;
+  ember_tensor_t *s = ember_tensor_to(src, dst->dtype, 0);
+  if (s != NULL && alpha != 1) {
+    scaled = ember_tensor_unary(EMBER_OP_AXPB, s, alpha, 0);
+    ember_tensor_release(s);
+    s = scaled;
+  }
+  ember_tensor_t *v = s != NULL ? ember_tensor_expand(s, dst->shape, dst->ndim)
+                                : NULL;
+  ember_set_grad_enabled(was);
+  int rc;
+  if (v == NULL) {
+    rc = s == NULL ? EMBER_ENOMEM
+                   : ember__tensor_fail(
+                         EMBER_EINVAL,
+                         "in-place op: shape %s does not broadcast to %s",
+                         ember_shape_string(src->shape, src->ndim, a, sizeof a),
+                         ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
+  } else {
+    rc = dst->storage->device->binary(op, dst, dst, v);
+  }
+  ember_tensor_release(v);
+  ember_tensor_release(s);
+  return rc;
+}
+
+int ember_tensor_unary_(ember_unary_op_t op, ember_tensor_t *dst, double arg0,
+                        double arg1) {
+  if (check_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (op == EMBER_OP_NOT ||
+      (!ember_dtype_is_float(dst->dtype) && !keeps_integers(op))) {
+    return ember__tensor_fail(EMBER_EINVAL, "in-place op: not defined for a "
+                                            "%s tensor",
+                              ember_dtype_name(dst->dtype));
+  }
+  return dst->storage->device->unary(op, dst, dst, arg0, arg1);
+}
+
+int ember_tensor_addc_(ember_tensor_t *dst, const ember_tensor_t *a,
+                       const ember_tensor_t *b, double value, int div) {
+  if (check_in_place(dst, div ? "addcdiv_" : "addcmul_") < 0) {
+    return EMBER_EINVAL;
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *t = ember_tensor_binary(div ? EMBER_OP_DIV : EMBER_OP_MUL, a,
+                                          b);
+  ember_set_grad_enabled(was);
+  if (t == NULL) return EMBER_EINVAL;
+  int rc = ember_tensor_binary_(EMBER_OP_ADD, dst, t, value);
+  ember_tensor_release(t);
+  return rc;
+}
+
+int ember_tensor_allclose(const ember_tensor_t *a, const ember_tensor_t *b,
+                          double rtol, double atol, int *result) {
+  *result = 0;
+  if (!ember_tensor_same_shape(a, b)) return 0;
+  int64_t n = ember_tensor_numel(a);
+  for (int64_t i = 0; i < n; i++) {
+    double x = ember_tensor_get(a, i), y = ember_tensor_get(b, i);
+    if (x == y) continue; /* also equal infinities */
+    if (!(fabs(x - y) <= atol + rtol * fabs(y))) return 0;
+  }
+  *result = 1;
+  return 0;
+}

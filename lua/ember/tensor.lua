@@ -1,0 +1,422 @@
+-- ember.tensor: dense tensors on the CPU (and, later, CUDA) with autograd.
+--
+--   local T = require "ember.tensor"
+--   local x = T.randn(2, 3, {requires_grad = true})
+--   local y = (x * 2):sum()
+--   y:backward()                -- x.grad is 2 everywhere
+--
+-- The C core (core/tensor*.c, bound in core/lua_tensor.c) does the work; this
+-- module adds the Lua sugar: shapes as tables or varargs, option tables,
+-- dtype shorthands, printing, and a few ops composed from others. Dims and
+-- indices are 1-based, as everywhere in ember.
+local core = require "ember.core"
+local format = require "ember.tensor_format"
+
+local C = core.tensor
+local T = {}
+local methods = {}
+
+local function is_tensor(x)
+  return C.is_tensor(x)
+end
+T.is_tensor = is_tensor
+
+-- Splits `...` into a shape table and an options table: sizes may come as
+-- varargs (2, 3) or one table ({2, 3}); a trailing table with no array
+-- part holds options ({dtype = "float64"}).
+local function shape_and_options(fname, ...)
+  local n = select("#", ...)
+  local last = n > 0 and select(n, ...) or nil
+  local opts
+  if type(last) == "table" and not is_tensor(last) and last[1] == nil and
+      next(last) ~= nil then
+    opts, n = last, n - 1
+  end
+  local first = ...
+  if n == 1 and type(first) == "table" then return first, opts or {} end
+  local shape = {}
+  for i = 1, n do
+    local size = select(i, ...)
+    if math.type(size) ~= "integer" then
+      error(("%s: size %d must be an integer, got %s"):format(
+        fname, i, tostring(size)), 3)
+    end
+    shape[i] = size
+  end
+  return shape, opts or {}
+end
+
+local function apply_options(t, opts)
+  if opts.requires_grad then C.requires_grad_(t, true) end
+  return t
+end
+
+local function check_device(opts, fname)
+  local device = opts.device
+  if device ~= nil and device ~= "cpu" then
+    error(("%s: device '%s' is not available in this build (only 'cpu')")
+      :format(fname, tostring(device)), 3)
+  end
+end
+
+-- ---- Creation --------------------------------------------------------------
+
+local function filled(fname, value)
+  return function(...)
+    local shape, opts = shape_and_options(fname, ...)
+    check_device(opts, fname)
+    return apply_options(C.full(shape, value, opts.dtype), opts)
+  end
+end
+
+T.zeros = filled("zeros", 0)
+T.ones = filled("ones", 1)
+T.empty = filled("empty", 0)
+
+function T.full(shape, value, opts)
+  opts = opts or {}
+  if type(shape) ~= "table" then
+    error("full: shape must be a table, got " .. type(shape), 2)
+  end
+  check_device(opts, "full")
+  return apply_options(C.full(shape, value, opts.dtype), opts)
+end
+
+local function random(fname, fill)
+  return function(...)
+    local shape, opts = shape_and_options(fname, ...)
+    check_device(opts, fname)
+    return apply_options(fill(shape, opts.dtype), opts)
+  end
+end
+
+T.rand = random("rand", C.rand)
+T.randn = random("randn", C.randn)
+
+-- tensor(data, opts): from nested tables of numbers or booleans, a number
+-- (a 0-dim tensor) or a tensor (a copy).
+function T.tensor(data, opts)
+  opts = opts or {}
+  check_device(opts, "tensor")
+  local t
+  if is_tensor(data) then
+    t = C.to(C.detach(data), opts.dtype or C.dtype(data), true)
+  elseif type(data) == "table" then
+    t = C.from_table(data, opts.dtype)
+  elseif type(data) == "number" or type(data) == "boolean" then
+    t = C.from_table({ data }, opts.dtype):reshape({})
+  else
+    error("tensor: expected a table, number, boolean or tensor, got " ..
+      type(data), 2)
+  end
+  return apply_options(t, opts)
+end
+
+-- arange(end) or arange(start, end, [step], [opts]): [start, end).
+function T.arange(a, b, c, d)
+  local opts = {}
+  for _, v in ipairs({ d, c, b }) do
+    if type(v) == "table" then opts = v end
+  end
+  if type(b) ~= "number" then a, b = 0, a end
+  local step = type(c) == "number" and c or 1
+  return apply_options(C.arange(a, b, step, opts.dtype), opts)
+end
+
+function T.eye(n, opts)
+  opts = opts or {}
+  return apply_options(C.eye(n, opts.dtype), opts)
+end
+
+local function like(fname, make)
+  return function(t, opts)
+    opts = opts or {}
+    return apply_options(make(C.size(t), opts.dtype or C.dtype(t)), opts)
+  end
+end
+
+T.zeros_like = like("zeros_like", function(s, d) return C.full(s, 0, d) end)
+T.ones_like = like("ones_like", function(s, d) return C.full(s, 1, d) end)
+T.empty_like = T.zeros_like
+T.rand_like = like("rand_like", C.rand)
+T.randn_like = like("randn_like", C.randn)
+function T.full_like(t, value, opts)
+  opts = opts or {}
+  return apply_options(C.full(C.size(t), value, opts.dtype or C.dtype(t)), opts)
+end
+
+T.manual_seed = C.manual_seed
+T.initial_seed = C.initial_seed
+
+-- ---- Grad mode ----------------------------------------------------------------
+
+T.is_grad_enabled = C.is_grad_enabled
+T.set_grad_enabled = C.set_grad_enabled
+
+local function with_grad_mode(enabled, fn, ...)
+  local previous = C.set_grad_enabled(enabled)
+  local results = table.pack(pcall(fn, ...))
+  C.set_grad_enabled(previous)
+  if not results[1] then error(results[2], 0) end
+  return table.unpack(results, 2, results.n)
+end
+
+-- no_grad(fn, ...): runs fn(...) without recording autograd; returns what
+-- fn returns. The previous mode comes back even if fn raises.
+function T.no_grad(fn, ...)
+  return with_grad_mode(false, fn, ...)
+end
+
+function T.enable_grad(fn, ...)
+  return with_grad_mode(true, fn, ...)
+end
+
+-- ---- BLAS threads ---------------------------------------------------------------
+
+T.set_num_threads = C.set_num_threads
+T.get_num_threads = C.get_num_threads
+
+-- ---- Methods that are the C functions as they are ----------------------------------
+
+local direct = {
+  "size", "stride", "dim", "numel", "dtype", "device", "is_contiguous",
+  "item", "totable", "transpose", "t", "narrow", "select", "unsqueeze",
+  "squeeze", "contiguous", "clone", "detach", "add", "sub", "mul", "div",
+  "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "neg",
+  "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sign", "sin",
+  "cos", "log1p", "reciprocal", "logical_not", "clamp", "sum", "prod",
+  "mean", "max", "min", "argmax", "argmin", "matmul", "mm", "softmax",
+  "log_softmax", "gather", "scatter", "index_select", "multinomial",
+  "copy_", "fill_", "zero_", "add_", "sub_", "mul_", "div_", "clamp_",
+  "sqrt_", "neg_", "relu_", "addcmul_", "addcdiv_", "uniform_", "normal_",
+  "allclose", "equal", "backward", "requires_grad_",
+}
+for _, name in ipairs(direct) do
+  methods[name] = C[name]
+  T[name] = C[name]
+end
+
+T.addmm = C.addmm
+T.cat = C.cat
+T.stack = C.stack
+T.where = C.where
+T.concat = C.cat
+
+methods.nelement = C.numel
+methods.tolist = C.totable
+methods.ndimension = C.dim
+methods.greater = C.gt
+methods.less = C.lt
+methods.clamp_min = function(t, lo) return C.clamp(t, lo) end
+
+-- backward(t, [gradient], [{retain_graph = true}])
+function methods.backward(t, gradient, opts)
+  if type(gradient) == "table" and not is_tensor(gradient) then
+    gradient, opts = nil, gradient
+  end
+  C.backward(t, gradient, opts ~= nil and opts.retain_graph or false)
+end
+T.backward = methods.backward
+
+-- Shape-taking methods accept varargs or a table.
+local function shaped(fname, fn)
+  return function(t, ...)
+    local shape = shape_and_options(fname, ...)
+    return fn(t, shape)
+  end
+end
+
+methods.view = shaped("view", C.view)
+methods.reshape = shaped("reshape", C.reshape)
+methods.expand = shaped("expand", C.expand)
+methods.permute = shaped("permute", C.permute)
+T.view, T.reshape, T.expand, T.permute =
+  methods.view, methods.reshape, methods.expand, methods.permute
+
+function methods.expand_as(t, other)
+  return C.expand(t, C.size(other))
+end
+
+function methods.view_as(t, other)
+  return C.view(t, C.size(other))
+end
+
+function methods.flatten(t, start_dim, end_dim)
+  local shape = C.size(t)
+  local n = #shape
+  if n == 0 then return C.reshape(t, { 1 }) end
+  start_dim = start_dim or 1
+  end_dim = end_dim or -1
+  if start_dim < 0 then start_dim = start_dim + n + 1 end
+  if end_dim < 0 then end_dim = end_dim + n + 1 end
+  local out, merged = {}, 1
+  for i = 1, n do
+    if i < start_dim or i > end_dim then
+      out[#out + 1] = shape[i]
+    else
+      merged = merged * shape[i]
+      if i == end_dim then out[#out + 1] = merged end
+    end
+  end
+  return C.reshape(t, out)
+end
+T.flatten = methods.flatten
+
+-- to(dtype) / to("cpu") / to({dtype =, device =, copy =})
+function methods.to(t, what, copy)
+  local dtype, device = nil, nil
+  if type(what) == "table" then
+    dtype, device, copy = what.dtype, what.device, what.copy
+  elseif what == "cpu" or (type(what) == "string" and what:match("^cuda")) then
+    device = what
+  else
+    dtype = what
+  end
+  if device ~= nil then check_device({ device = device }, "to") end
+  return C.to(t, dtype, copy)
+end
+T.to = methods.to
+
+for name, dtype in pairs({ float = "float32", double = "float64",
+  long = "int64", int = "int32", byte = "uint8", bool = "bool" }) do
+  methods[name] = function(t) return C.to(t, dtype) end
+end
+
+function methods.type(t, dtype)
+  if dtype == nil then return C.dtype(t) end
+  return C.to(t, dtype)
+end
+
+function methods.cpu(t) return t end
+
+-- add(other, alpha) as PyTorch's add with alpha.
+function methods.add(a, b, alpha)
+  if alpha ~= nil then b = b * alpha end
+  return C.add(a, b)
+end
+T.add = methods.add
+
+function methods.sub(a, b, alpha)
+  if alpha ~= nil then b = b * alpha end
+  return C.sub(a, b)
+end
+T.sub = methods.sub
+
+function methods.square(t) return C.mul(t, t) end
+T.square = methods.square
+
+function methods.masked_fill(t, mask, value)
+  return C.where(mask, value, t)
+end
+T.masked_fill = methods.masked_fill
+
+function methods.addmm(bias, a, b, opts)
+  opts = opts or {}
+  return C.addmm(bias, a, b, opts.beta, opts.alpha)
+end
+
+function methods.dot(a, b)
+  return C.sum(C.mul(a, b))
+end
+T.dot = methods.dot
+methods.mv = C.matmul
+T.mv = C.matmul
+
+-- var/std(t, [dim], [{unbiased = true, keepdim = false}]) as PyTorch's.
+function methods.var(t, dim, opts)
+  if type(dim) == "table" then dim, opts = nil, dim end
+  opts = opts or {}
+  local unbiased = opts.unbiased ~= false
+  local n = dim == nil and C.numel(t) or C.size(t, dim)
+  local centred = t - C.mean(t, dim, true)
+  local sum = C.sum(centred * centred, dim, opts.keepdim)
+  return sum / math.max(unbiased and n - 1 or n, 0)
+end
+
+function methods.std(t, dim, opts)
+  return C.sqrt(methods.var(t, dim, opts))
+end
+T.var, T.std = methods.var, methods.std
+
+-- norm(t, [p = 2]): the p-norm of all elements.
+function methods.norm(t, p)
+  p = p or 2
+  if p == 2 then return C.sqrt(C.sum(t * t)) end
+  return C.pow(C.sum(C.pow(C.abs(t), p)), 1 / p)
+end
+T.norm = methods.norm
+
+-- chunk(n, dim) / split(size, dim) / unbind(dim): lists of views.
+function methods.split(t, size, dim)
+  dim = dim or 1
+  local total, parts, start = C.size(t, dim), {}, 1
+  while start <= total do
+    local length = math.min(size, total - start + 1)
+    parts[#parts + 1] = C.narrow(t, dim, start, length)
+    start = start + length
+  end
+  return parts
+end
+
+function methods.chunk(t, n, dim)
+  local total = C.size(t, dim or 1)
+  return methods.split(t, math.max(1, (total + n - 1) // n), dim)
+end
+
+function methods.unbind(t, dim)
+  dim = dim or 1
+  local parts = {}
+  for i = 1, C.size(t, dim) do parts[i] = C.select(t, dim, i) end
+  return parts
+end
+T.split, T.chunk, T.unbind = methods.split, methods.chunk, methods.unbind
+
+function methods.scatter_add(t, dim, index, src)
+  return C.scatter(t, dim, index, src, true)
+end
+
+function methods.index_fill(t, dim, index, value)
+  local out = C.clone(t)
+  for i = 1, C.numel(index) do
+    C.fill_(C.select(out, dim, C.item(C.select(index, 1, i))), value)
+  end
+  return out
+end
+
+-- dropout(x, p, training): zeroes elements with probability p and scales
+-- the rest by 1 / (1 - p), as PyTorch's inverted dropout.
+function T.dropout(x, p, training)
+  p = p or 0.5
+  if p < 0 or p > 1 then
+    error(("dropout: probability must be in [0, 1], got %s"):format(p), 2)
+  end
+  if training == false or p == 0 then return x end
+  if p == 1 then return x * 0 end
+  local keep = C.to(C.ge(C.rand(C.size(x), C.dtype(x)), p), C.dtype(x))
+  return x * (keep * (1 / (1 - p)))
+end
+methods.dropout = T.dropout
+
+function T.relu(x) return C.relu(x) end
+T.sigmoid, T.tanh = C.sigmoid, C.tanh
+
+-- ---- Printing ----------------------------------------------------------------
+
+local function tensor_tostring(t)
+  local device = C.device(t)
+  return format.tensor(C.size(t), C.values(t), {
+    dtype = C.dtype(t),
+    device = device,
+    requires_grad = t.requires_grad and t.is_leaf,
+    grad_fn = t.grad_fn,
+  })
+end
+
+local mt = C.metatable
+mt.__tostring = tensor_tostring
+mt.__name = "ember.Tensor"
+
+C.set_methods(methods)
+T.methods = methods
+
+return T
