@@ -433,6 +433,12 @@ static ember_tensor_t *reduce_all(ember_reduce_op_t op,
                           ? ember_tensor_reduce(op, flat, 0, 0, index)
                           : NULL;
   ember_tensor_release(flat);
+  /* PyTorch's names for the whole-tensor reductions. */
+  static const ember_node_kind_t all_kinds[] = {
+      {"SumBackward0", reduce_backward}, {"ProdBackward0", reduce_backward},
+      {"MaxBackward1", reduce_backward}, {"MinBackward1", reduce_backward},
+  };
+  if (r != NULL && r->grad_fn != NULL) r->grad_fn->kind = &all_kinds[op];
   return r;
 }
 

@@ -9,16 +9,6 @@ local trajectories = dofile(spec_dir .. "/fixtures/cartpole_trajectories.lua")
 
 local THETA_MAX = 12 * 2 * math.pi / 360
 
--- ember.tensor is written alongside this module; until it loads, the env
--- returns plain tables and the tensor checks are pending.
-local has_tensor, tensor_why = cartpole.tensor_support()
-local function need_tensor()
-  if not has_tensor then
-    pending("ember.tensor does not load yet, observations are plain tables ("
-      .. tostring(tensor_why):match("[^\n]*") .. ")")
-  end
-end
-
 -- An observation's four values as a Lua table, tensor or not.
 local function values_of(obs)
   return { obs[1], obs[2], obs[3], obs[4] }
@@ -213,8 +203,7 @@ describe("CartPole-v1 actions", function()
   end)
 
   it("accepts one-element tensors holding 1 or 2", function()
-    need_tensor()
-    local T = require "ember.tensor"
+        local T = require "ember.tensor"
     local env = fresh()
     local _, reward = env:step(T.tensor({ 2 }))
     assert.equal(1.0, reward)
@@ -310,8 +299,7 @@ describe("CartPole-v1 seeding and reset", function()
   end)
 
   it("returns float32 tensors of shape {4}", function()
-    need_tensor()
-    local env = fresh()
+        local env = fresh()
     local obs = env:reset()
     assert.same({ 4 }, obs:size())
     assert.equal("float32", obs:dtype())

@@ -11,30 +11,12 @@ local N = tonumber(arg and arg[1]) or 1000000
 
 local now = ember.clock
 
-local function emit(name, fields)
-  local parts = { ('"bench":"futures.%s"'):format(name) }
-  local keys = {}
-  for key in pairs(fields) do keys[#keys + 1] = key end
-  table.sort(keys)
-  for _, key in ipairs(keys) do
-    local value = fields[key]
-    if math.type(value) == "float" then
-      parts[#parts + 1] = ('"%s":%.6g'):format(key, value)
-    elseif type(value) == "number" then
-      parts[#parts + 1] = ('"%s":%d'):format(key, value)
-    else
-      parts[#parts + 1] = ('"%s":"%s"'):format(key, tostring(value))
-    end
-  end
-  print("{" .. table.concat(parts, ",") .. "}")
-  io.stdout:flush()
-end
+local common = dofile((arg and arg[0] or ""):match("^(.*/)") and
+  arg[0]:match("^(.*/)") .. "common.lua" or "scripts/bench/common.lua")
+local rss_bytes = common.rss_bytes
 
-local function rss_bytes()
-  local f = assert(io.open("/proc/self/statm"))
-  local _, resident = f:read("n", "n")
-  f:close()
-  return resident * 4096
+local function emit(name, fields)
+  common.emit("futures." .. name, fields)
 end
 
 local function next_chain(n)

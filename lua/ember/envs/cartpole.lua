@@ -84,39 +84,13 @@ local function check_seed(seed, fname)
 end
 
 ---------------------------------------------------------------------------
--- Observations. ember.tensor is loaded on first use, not at require time, so
--- the env works (returning plain tables) where it is not available yet.
+-- Observations are float32 tensors, as DESIGN.md says.
 
-local tensor_module, tensor_error
+local T = require "ember.tensor"
 
-local function load_tensor()
-  if tensor_module == nil then
-    local ok, T = pcall(require, "ember.tensor")
-    if ok and type(T) == "table" and type(T.tensor) == "function" then
-      tensor_module = T
-    else
-      tensor_module = false
-      tensor_error = ok and "ember.tensor has no tensor() function"
-        or tostring(T)
-    end
-  end
-  return tensor_module or nil
-end
-
--- cartpole.tensor_support(): true when observations are tensors; otherwise
--- false and why ember.tensor could not be used.
-function cartpole.tensor_support()
-  if load_tensor() then return true end
-  return false, tensor_error
-end
-
--- A float32 tensor of shape {4}, or a plain table copy without ember.tensor.
--- `+ 0.0` keeps the values floats, so the tensor is float32, never int64.
+-- A float32 tensor of shape {4}.
 local function to_observation(s)
-  local copy = { s[1] + 0.0, s[2] + 0.0, s[3] + 0.0, s[4] + 0.0 }
-  local T = load_tensor()
-  if T then return T.tensor(copy) end
-  return copy
+  return T.tensor({ s[1], s[2], s[3], s[4] }, { dtype = "float32" })
 end
 
 ---------------------------------------------------------------------------
