@@ -665,11 +665,14 @@ static int t_log_softmax(lua_State *L) { return softmax_impl(L, 1); }
 
 /* cat/stack(list, dim) */
 static int join(lua_State *L, int stacked) {
-  ember_tensor_t *list[256];
+  lua_settop(L, 2); /* the scratch space goes at 3 */
   luaL_checktype(L, 1, LUA_TTABLE);
-  int n = (int)luaL_len(L, 1);
-  luaL_argcheck(L, n >= 1, 1, "expected a non-empty list of tensors");
-  luaL_argcheck(L, n <= 256, 1, "at most 256 tensors at once");
+  lua_Integer len = luaL_len(L, 1);
+  luaL_argcheck(L, len >= 1, 1, "expected a non-empty list of tensors");
+  luaL_argcheck(L, len <= (1 << 24), 1, "too many tensors at once");
+  int n = (int)len;
+  /* Scratch space the collector frees, also when an error unwinds. */
+  ember_tensor_t **list = lua_newuserdatauv(L, sizeof *list * (size_t)n, 0);
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
     list[i] = to_tensor(L, -1);

@@ -405,8 +405,21 @@ static int check_float(const ember_tensor_t *t, const char *what) {
   return 0;
 }
 
+/* The in-place rule of tensor_math.c: no silent change to a leaf that
+** autograd is watching. */
+static int check_random_in_place(const ember_tensor_t *t, const char *what) {
+  if (ember_grad_enabled() && t->requires_grad && t->grad_fn == NULL) {
+    return ember__tensor_fail(
+        EMBER_EINVAL,
+        "%s: a leaf tensor that requires grad cannot be changed in place "
+        "while grad is enabled (use no_grad)",
+        what);
+  }
+  return check_float(t, what);
+}
+
 int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {
-  if (check_float(t, "uniform_") < 0) return EMBER_EINVAL;
+  if (check_random_in_place(t, "uniform_") < 0) return EMBER_EINVAL;
   int64_t n = ember_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) {
     ember_tensor_set(t, i, lo + (hi - lo) * ember_random_uniform());
@@ -415,7 +428,7 @@ int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {
 }
 
 int ember_tensor_normal_(ember_tensor_t *t, double mean, double std) {
-  if (check_float(t, "normal_") < 0) return EMBER_EINVAL;
+  if (check_random_in_place(t, "normal_") < 0) return EMBER_EINVAL;
   int64_t n = ember_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) {
     ember_tensor_set(t, i, mean + std * ember_random_normal());

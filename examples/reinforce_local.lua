@@ -10,7 +10,6 @@
 -- 1 if --max-episodes pass first.
 local ember = require "ember"
 local T = ember.tensor
-local nn = ember.nn
 local optim = ember.optim
 local Categorical = ember.distributions.Categorical
 
@@ -55,21 +54,8 @@ local function parse_args(argv)
   return opts
 end
 
-local Policy = nn.Module:extend("Policy")
-
-function Policy:init()
-  self.affine1 = nn.Linear(4, 128)
-  self.dropout = nn.Dropout(0.6)
-  self.affine2 = nn.Linear(128, 2)
-end
-
-function Policy:forward(x)
-  x = self.affine1(x)
-  x = self.dropout(x)
-  x = T.relu(x)
-  local action_scores = self.affine2(x)
-  return T.softmax(action_scores, 2)
-end
+local here = (arg and arg[0] or ""):match("^(.*/)") or "examples/"
+local Policy = dofile(here .. "cartpole_policy.lua")
 
 -- The smallest float32 step, as the tutorial's np.finfo(np.float32).eps.
 local EPS = 2.0 ^ -23

@@ -10,11 +10,11 @@
 -- FIGURES.md has PyTorch 1.13's numbers for the same work on this machine.
 local ember = require "ember"
 local T = ember.tensor
-local nn = ember.nn
 local Categorical = ember.distributions.Categorical
 
 local here = (arg and arg[0] or ""):match("^(.*/)") or "scripts/bench/"
 local common = dofile(here .. "common.lua")
+local Policy = dofile(here .. "../../examples/cartpole_policy.lua")
 local budget = tonumber(arg and arg[1]) or 1.0
 local now = ember.clock
 
@@ -41,21 +41,6 @@ local function sgemm(m, k, n)
     gflops = 2.0 * m * k * n * calls / seconds / 1e9,
     ms_per_call = seconds / calls * 1e3,
   })
-end
-
-local Policy = nn.Module:extend("Policy")
-
-function Policy:init()
-  self.affine1 = nn.Linear(4, 128)
-  self.dropout = nn.Dropout(0.6)
-  self.affine2 = nn.Linear(128, 2)
-end
-
-function Policy:forward(x)
-  x = self.affine1(x)
-  x = self.dropout(x)
-  x = T.relu(x)
-  return T.softmax(self.affine2(x), 2)
 end
 
 local function policy(batch)

@@ -1,0 +1,901 @@
+-- ember.nn: modules, layers and losses in the manner of torch.nn.
+--
+--   local nn = require "ember.nn"
+--   local Policy = nn.Module:extend("Policy")
+--   function Policy:init()
+--     self.affine1 = nn.Linear(4, 128)   -- registered, in assignment order
+--     self.affine2 = nn.Linear(128, 2)
+--   end
+--   function Policy:forward(x)
+--     return self.affine2(nn.F.relu(self.affine1(x))):softmax(-1)
+--   end
+--   local policy = Policy()
+--
+-- Assigning a Module, or a leaf tensor that requires grad, to a field of a
+-- module registers it as a submodule or a parameter. parameters() (a list),
+-- named_parameters() (an iterator: `for name, p in m:named_parameters()`)
+-- and state_dict() (a map whose pairs() runs in order) list a module's own
+-- parameters in registration order, then each child's, as PyTorch does.
+-- Dims and indices are 1-based, as everywhere in ember.
+local T = require "ember.tensor"
+
+local nn = {}
+
+local function shape_str(t)
+  return "[" .. table.concat(t:size(), ", ") .. "]"
+end
+
+local function check_int(fname, what, v, min)
+  if math.type(v) ~= "integer" or v < (min or 0) then
+    error(("%s: %s must be an integer >= %d, got %s"):format(
+      fname, what, min or 0, tostring(v)), 3)
+  end
+end
+
+-- ---- Ordered dictionaries (registration order matters) -----------------------
+
+local function odict() return { keys = {}, values = {} } end
+
+local function odict_set(d, key, value)
+  if d.values[key] == nil then d.keys[#d.keys + 1] = key end
+  d.values[key] = value
+end
+
+local function odict_remove(d, key)
+  if d.values[key] == nil then return end
+  d.values[key] = nil
+  for i, k in ipairs(d.keys) do
+    if k == key then table.remove(d.keys, i) break end
+  end
+end
+
+-- A map whose pairs() runs in insertion order (state_dict's result).
+local function ordered_map(keys, values)
+  local order = { table.unpack(keys) }
+  return setmetatable(values, {
+    __pairs = function(t)
+      local i = 0
+      return function()
+        i = i + 1
+        local k = order[i]
+        if k ~= nil then return k, t[k] end
+      end, t, nil
+    end,
+    keys = order,
+  })
+end
+
+-- ---- Module ----------------------------------------------------------------------
+
+local Module = { __name = "Module", __module_class = true }
+nn.Module = Module
+
+local function is_module(v)
+  local mt = type(v) == "table" and getmetatable(v)
+  return mt and rawget(v, "_modules") ~= nil and mt.__module_class == true
+    or false
+end
+nn.is_module = is_module
+
+local function is_parameter(v)
+  return T.is_tensor(v) and v.requires_grad and v.is_leaf
+end
+
+-- Instances keep parameters, buffers and submodules out of their raw table so
+-- that every assignment reaches __newindex and lookups find them here.
+function Module.__index(self, key)
+  local v = rawget(self, "_parameters").values[key]
+  if v ~= nil then return v end
+  v = rawget(self, "_buffers").values[key]
+  if v ~= nil then return v end
+  v = rawget(self, "_modules").values[key]
+  if v ~= nil then return v end
+  return getmetatable(self)[key]
+end
+
+function Module.__newindex(self, key, value)
+  local params, buffers, modules = rawget(self, "_parameters"),
+    rawget(self, "_buffers"), rawget(self, "_modules")
+  if params.values[key] ~= nil then
+    if value ~= nil and not is_parameter(value) then
+      error(("cannot assign %s to parameter '%s': expected a leaf tensor that "
+        .. "requires grad, or nil"):format(
+          T.is_tensor(value) and "a tensor that is not a leaf requiring grad"
+          or type(value), key), 2)
+    end
+    if value == nil then odict_remove(params, key)
+    else odict_set(params, key, value) end
+  elseif buffers.values[key] ~= nil and (value == nil or T.is_tensor(value)) then
+    if value == nil then odict_remove(buffers, key)
+    else odict_set(buffers, key, value) end
+  elseif modules.values[key] ~= nil and (value == nil or is_module(value)) then
+    if value == nil then odict_remove(modules, key)
+    else odict_set(modules, key, value) end
+  elseif is_module(value) then
+    odict_set(modules, key, value)
+  elseif is_parameter(value) then
+    odict_set(params, key, value)
+  else
+    rawset(self, key, value)
+  end
+end
+
+function Module.__call(self, ...)
+  return self:forward(...)
+end
+
+local function construct(cls, ...)
+  local self = setmetatable({ _parameters = odict(), _buffers = odict(),
+    _modules = odict(), training = true }, cls)
+  self:init(...)
+  return self
+end
+
+setmetatable(Module, { __call = construct })
+Module.new = function(...) return construct(Module, ...) end
+
+-- Cls:extend(name): a subclass; Sub(...) and Sub.new(...) construct one and
+-- call its init(...).
+function Module.extend(parent, name)
+  if type(name) ~= "string" then
+    error("extend: the class name must be a string, got " .. type(name), 2)
+  end
+  local cls = {}
+  -- Metamethods are looked up raw, so each class carries its own copies.
+  for k, v in pairs(parent) do
+    if type(k) == "string" and k:sub(1, 2) == "__" then cls[k] = v end
+  end
+  cls.__name = name
+  cls.super = parent
+  cls.new = function(...) return construct(cls, ...) end
+  return setmetatable(cls, { __index = parent, __call = construct })
+end
+
+function Module:init() end
+
+function Module:forward()
+  error(("%s: forward is not defined"):format(self:_get_name()), 2)
+end
+
+function Module:_get_name()
+  return getmetatable(self).__name
+end
+
+function Module:register_parameter(name, t)
+  if t ~= nil and not T.is_tensor(t) then
+    error(("register_parameter: '%s' must be a tensor or nil, got %s"):format(
+      name, type(t)), 2)
+  end
+  if t ~= nil and not t.is_leaf then
+    error(("register_parameter: '%s' must be a leaf tensor (use detach())")
+      :format(name), 2)
+  end
+  if t == nil then odict_remove(self._parameters, name) return end
+  if not t.requires_grad then t:requires_grad_(true) end
+  odict_set(self._parameters, name, t)
+end
+
+-- Buffers are state that is saved and loaded but not trained.
+function Module:register_buffer(name, t)
+  if t ~= nil and not T.is_tensor(t) then
+    error(("register_buffer: '%s' must be a tensor or nil, got %s"):format(
+      name, type(t)), 2)
+  end
+  if t == nil then odict_remove(self._buffers, name)
+  else odict_set(self._buffers, name, t) end
+end
+
+function Module:add_module(name, m)
+  if m ~= nil and not is_module(m) then
+    error(("add_module: '%s' must be a Module, got %s"):format(
+      tostring(name), type(m)), 2)
+  end
+  if m == nil then odict_remove(self._modules, name)
+  else odict_set(self._modules, name, m) end
+end
+Module.register_module = Module.add_module
+
+-- Calls visit(prefix, module) for this module and every descendant, each
+-- module once, depth first in registration order.
+local function walk(m, prefix, seen, visit)
+  if seen[m] then return end
+  seen[m] = true
+  visit(prefix, m)
+  for _, name in ipairs(m._modules.keys) do
+    walk(m._modules.values[name], prefix .. name .. ".", seen, visit)
+  end
+end
+
+-- named_X() return iterators over (name, value) in registration order:
+--   for name, p in model:named_parameters() do ... end
+local function named(self, field)
+  local list, seen = {}, {}
+  walk(self, "", {}, function(prefix, m)
+    local d = m[field]
+    for _, k in ipairs(d.keys) do
+      local v = d.values[k]
+      if not seen[v] then
+        seen[v] = true
+        list[#list + 1] = { prefix .. k, v }
+      end
+    end
+  end)
+  local i = 0
+  return function()
+    i = i + 1
+    local e = list[i]
+    if e then return e[1], e[2] end
+  end
+end
+
+function Module:named_parameters() return named(self, "_parameters") end
+function Module:named_buffers() return named(self, "_buffers") end
+
+-- parameters(): a list of the parameter tensors (recursive, no duplicates).
+function Module:parameters()
+  local list = {}
+  for _, p in self:named_parameters() do list[#list + 1] = p end
+  return list
+end
+
+function Module:buffers()
+  local list = {}
+  for _, b in self:named_buffers() do list[#list + 1] = b end
+  return list
+end
+
+function Module:named_children()
+  local i, keys, values = 0, self._modules.keys, self._modules.values
+  return function()
+    i = i + 1
+    if keys[i] ~= nil then return keys[i], values[keys[i]] end
+  end
+end
+
+function Module:children()
+  local list = {}
+  for _, m in self:named_children() do list[#list + 1] = m end
+  return list
+end
+
+-- named_modules(): this module (named "") and every descendant.
+function Module:named_modules()
+  local list = {}
+  walk(self, "", {}, function(prefix, m)
+    list[#list + 1] = { prefix:sub(1, -2), m }
+  end)
+  local i = 0
+  return function()
+    i = i + 1
+    if list[i] then return list[i][1], list[i][2] end
+  end
+end
+
+function Module:modules()
+  local list = {}
+  for _, m in self:named_modules() do list[#list + 1] = m end
+  return list
+end
+
+function Module:apply(fn)
+  for _, m in ipairs(self:modules()) do fn(m) end
+  return self
+end
+
+function Module:train(mode)
+  if mode == nil then mode = true end
+  for _, m in ipairs(self:modules()) do rawset(m, "training", mode and true) end
+  return self
+end
+
+function Module:eval() return self:train(false) end
+
+-- zero_grad(): drops the gradients (PyTorch's set_to_none=True).
+function Module:zero_grad()
+  for _, p in ipairs(self:parameters()) do p.grad = nil end
+end
+
+function Module:num_parameters()
+  local n = 0
+  for _, p in ipairs(self:parameters()) do n = n + p:numel() end
+  return n
+end
+
+-- state_dict(): name -> detached tensor sharing the module's storage
+-- (references, as PyTorch's); pairs() over it runs in registration order.
+function Module:state_dict()
+  local keys, values = {}, {}
+  walk(self, "", {}, function(prefix, m)
+    for _, field in ipairs({ "_parameters", "_buffers" }) do
+      local d = m[field]
+      for _, k in ipairs(d.keys) do
+        local name = prefix .. k
+        if values[name] == nil then keys[#keys + 1] = name end
+        values[name] = d.values[k]:detach()
+      end
+    end
+  end)
+  return ordered_map(keys, values)
+end
+
+-- load_state_dict(sd, {strict = true}): copies sd's tensors into this
+-- module's. Returns {missing_keys =, unexpected_keys =} (both empty when
+-- strict, which raises instead).
+function Module:load_state_dict(sd, opts)
+  if type(sd) ~= "table" then
+    error("load_state_dict: state_dict must be a table, got " .. type(sd), 2)
+  end
+  local strict = not (opts and opts.strict == false)
+  local own = self:state_dict()
+  local own_keys = getmetatable(own).keys
+  local missing, unexpected, mismatched = {}, {}, {}
+  for _, k in ipairs(own_keys) do
+    local v = rawget(sd, k)
+    if v == nil then
+      missing[#missing + 1] = k
+    elseif not T.is_tensor(v) then
+      mismatched[#mismatched + 1] = ("'%s' is a %s, not a tensor"):format(
+        k, type(v))
+    elseif shape_str(v) ~= shape_str(own[k]) then
+      mismatched[#mismatched + 1] = ("'%s': shape %s in the state_dict, %s in "
+        .. "the module"):format(k, shape_str(v), shape_str(own[k]))
+    end
+  end
+  for k in next, sd do
+    if own[k] == nil then unexpected[#unexpected + 1] = tostring(k) end
+  end
+  table.sort(unexpected)
+  local problems = {}
+  if #mismatched > 0 then
+    problems[#problems + 1] = "size mismatch: " .. table.concat(mismatched, "; ")
+  end
+  if strict and #missing > 0 then
+    problems[#problems + 1] = "missing keys: " .. table.concat(missing, ", ")
+  end
+  if strict and #unexpected > 0 then
+    problems[#problems + 1] = "unexpected keys: " ..
+      table.concat(unexpected, ", ")
+  end
+  if #problems > 0 then
+    error(("load_state_dict: error(s) loading into %s: %s"):format(
+      self:_get_name(), table.concat(problems, "; ")), 2)
+  end
+  T.no_grad(function()
+    for _, k in ipairs(own_keys) do
+      local v = rawget(sd, k)
+      if v ~= nil then own[k]:copy_(v) end
+    end
+  end)
+  return { missing_keys = missing, unexpected_keys = unexpected }
+end
+
+-- to(dtype): converts floating parameters and buffers. Parameters become new
+-- tensors (a tensor cannot change dtype in place), so build optimizers after.
+function Module:to(dtype)
+  if type(dtype) == "table" then dtype = dtype.dtype end
+  if dtype == nil or dtype == "cpu" then return self end
+  for _, m in ipairs(self:modules()) do
+    for _, k in ipairs(m._parameters.keys) do
+      local p = m._parameters.values[k]
+      if p:dtype() ~= dtype then
+        m._parameters.values[k] = p:detach():to(dtype, true):requires_grad_(true)
+      end
+    end
+    for _, k in ipairs(m._buffers.keys) do
+      local b = m._buffers.values[k]
+      if b:dtype():match("^float") then m._buffers.values[k] = b:to(dtype) end
+    end
+  end
+  return self
+end
+function Module:double() return self:to("float64") end
+function Module:float() return self:to("float32") end
+
+function Module:extra_repr() return "" end
+
+function Module.__tostring(self)
+  local name, extra = self:_get_name(), self:extra_repr()
+  if #self._modules.keys == 0 then return name .. "(" .. extra .. ")" end
+  local lines = { name .. "(" }
+  if extra ~= "" then lines[#lines + 1] = "  " .. extra end
+  for _, k in ipairs(self._modules.keys) do
+    local child = tostring(self._modules.values[k]):gsub("\n", "\n  ")
+    lines[#lines + 1] = ("  (%s): %s"):format(k, child)
+  end
+  lines[#lines + 1] = ")"
+  return table.concat(lines, "\n")
+end
+
+-- ---- nn.init -----------------------------------------------------------------------
+
+local init = {}
+nn.init = init
+
+local function fans(t, fname)
+  if t:dim() < 2 then
+    error(("%s: fan in and fan out need a tensor of at least 2 dims, got %s")
+      :format(fname, shape_str(t)), 3)
+  end
+  local receptive = 1
+  for d = 3, t:dim() do receptive = receptive * t:size(d) end
+  return t:size(2) * receptive, t:size(1) * receptive
+end
+
+function init.uniform_(t, a, b)
+  return T.no_grad(function() return t:uniform_(a or 0, b or 1) end)
+end
+
+function init.normal_(t, mean, std)
+  return T.no_grad(function() return t:normal_(mean or 0, std or 1) end)
+end
+
+function init.constant_(t, v)
+  return T.no_grad(function() return t:fill_(v) end)
+end
+
+function init.zeros_(t) return init.constant_(t, 0) end
+function init.ones_(t) return init.constant_(t, 1) end
+
+-- kaiming_uniform_(t, a = 0, {mode = "fan_in"}): the leaky-ReLU gain.
+function init.kaiming_uniform_(t, a, opts)
+  a = a or 0
+  local fan_in, fan_out = fans(t, "kaiming_uniform_")
+  local fan = (opts and opts.mode == "fan_out") and fan_out or fan_in
+  local gain = math.sqrt(2 / (1 + a * a))
+  local bound = math.sqrt(3) * gain / math.sqrt(fan)
+  return init.uniform_(t, -bound, bound)
+end
+
+function init.kaiming_normal_(t, a, opts)
+  a = a or 0
+  local fan_in, fan_out = fans(t, "kaiming_normal_")
+  local fan = (opts and opts.mode == "fan_out") and fan_out or fan_in
+  return init.normal_(t, 0, math.sqrt(2 / (1 + a * a)) / math.sqrt(fan))
+end
+
+function init.xavier_uniform_(t, gain)
+  local fan_in, fan_out = fans(t, "xavier_uniform_")
+  local bound = (gain or 1) * math.sqrt(6 / (fan_in + fan_out))
+  return init.uniform_(t, -bound, bound)
+end
+
+function init.xavier_normal_(t, gain)
+  local fan_in, fan_out = fans(t, "xavier_normal_")
+  return init.normal_(t, 0, (gain or 1) * math.sqrt(2 / (fan_in + fan_out)))
+end
+
+-- ---- nn.functional ------------------------------------------------------------------
+
+local F = {}
+nn.functional, nn.F = F, F
+
+function F.relu(x) return x:relu() end
+function F.sigmoid(x) return x:sigmoid() end
+function F.tanh(x) return x:tanh() end
+function F.softmax(x, dim) return x:softmax(dim or -1) end
+function F.log_softmax(x, dim) return x:log_softmax(dim or -1) end
+function F.dropout(x, p, training) return T.dropout(x, p, training ~= false) end
+
+-- linear(x, weight {out, in}, [bias {out}]) = x @ weight^T + bias
+function F.linear(x, weight, bias)
+  local in_features = weight:size(-1)
+  if x:dim() == 0 or x:size(-1) ~= in_features then
+    error(("linear: input of shape %s does not match weight of shape %s "
+      .. "(last dim must be %d)"):format(shape_str(x), shape_str(weight),
+        in_features), 2)
+  end
+  if x:dim() == 2 and bias ~= nil then return T.addmm(bias, x, weight:t()) end
+  local y = x:matmul(weight:t())
+  if bias ~= nil then y = y + bias end
+  return y
+end
+
+local function reduce(fname, loss, reduction)
+  reduction = reduction or "mean"
+  if reduction == "mean" then return loss:mean() end
+  if reduction == "sum" then return loss:sum() end
+  if reduction == "none" then return loss end
+  error(("%s: reduction must be 'mean', 'sum' or 'none', got '%s'"):format(
+    fname, tostring(reduction)), 3)
+end
+
+function F.mse_loss(input, target, opts)
+  if shape_str(input) ~= shape_str(target) then
+    error(("mse_loss: input of shape %s and target of shape %s differ")
+      :format(shape_str(input), shape_str(target)), 2)
+  end
+  local diff = input - target
+  return reduce("mse_loss", diff * diff, opts and opts.reduction)
+end
+
+-- The class dim is 2 for batched input {N, C, ...}, 1 for unbatched {C}.
+local function class_dim(input) return input:dim() == 1 and 1 or 2 end
+
+-- -log_probs picked at 1-based class indices `target` (input shape minus the
+-- class dim).
+local function pick_nll(fname, log_probs, target)
+  local cdim = class_dim(log_probs)
+  local expected = log_probs:size()
+  local num_classes = table.remove(expected, cdim)
+  if not T.is_tensor(target) or target:dtype():match("^float") or
+      target:dtype() == "bool" then
+    error(("%s: target must be an integer tensor of class indices, got %s")
+      :format(fname, T.is_tensor(target) and target:dtype() or type(target)), 3)
+  end
+  if "[" .. table.concat(expected, ", ") .. "]" ~= shape_str(target) then
+    error(("%s: target of shape %s does not match input of shape %s (expected "
+      .. "target shape [%s])"):format(fname, shape_str(target),
+        shape_str(log_probs), table.concat(expected, ", ")), 3)
+  end
+  if target:numel() > 0 then
+    local lo, hi = target:min():item(), target:max():item()
+    if lo < 1 or hi > num_classes then
+      error(("%s: target class %d is out of range 1..%d"):format(fname,
+        lo < 1 and lo or hi, num_classes), 3)
+    end
+  end
+  return -log_probs:gather(cdim, target:unsqueeze(cdim)):squeeze(cdim)
+end
+
+function F.nll_loss(input, target, opts)
+  return reduce("nll_loss", pick_nll("nll_loss", input, target),
+    opts and opts.reduction)
+end
+
+-- cross_entropy(logits, target): target holds class indices (1-based, an
+-- integer tensor) or class probabilities (a float tensor shaped as input).
+function F.cross_entropy(input, target, opts)
+  local reduction = opts and opts.reduction
+  local log_probs = input:log_softmax(class_dim(input))
+  if T.is_tensor(target) and target:dtype():match("^float") then
+    if shape_str(input) ~= shape_str(target) then
+      error(("cross_entropy: probability target of shape %s does not match "
+        .. "input of shape %s"):format(shape_str(target), shape_str(input)), 2)
+    end
+    local loss = -(log_probs * target):sum(class_dim(input))
+    return reduce("cross_entropy", loss, reduction)
+  end
+  return reduce("cross_entropy", pick_nll("cross_entropy", log_probs, target),
+    reduction)
+end
+
+-- ---- Layers ----------------------------------------------------------------------
+
+local Linear = Module:extend("Linear")
+nn.Linear = Linear
+
+-- Linear(in, out, {bias = true, dtype =}): weight {out, in}, PyTorch's init.
+function Linear:init(in_features, out_features, opts)
+  opts = opts or {}
+  check_int("Linear", "in_features", in_features)
+  check_int("Linear", "out_features", out_features)
+  self.in_features, self.out_features = in_features, out_features
+  self.weight = T.empty({ out_features, in_features },
+    { dtype = opts.dtype, requires_grad = true })
+  if opts.bias ~= false then
+    self.bias = T.empty({ out_features },
+      { dtype = opts.dtype, requires_grad = true })
+  end
+  self:reset_parameters()
+end
+
+function Linear:reset_parameters()
+  -- kaiming_uniform_ with a = sqrt(5) gives U(-1/sqrt(in), 1/sqrt(in)).
+  local bound = self.in_features > 0 and 1 / math.sqrt(self.in_features) or 0
+  init.uniform_(self.weight, -bound, bound)
+  if self.bias ~= nil then init.uniform_(self.bias, -bound, bound) end
+end
+
+function Linear:forward(x)
+  return F.linear(x, self.weight, self.bias)
+end
+
+function Linear:extra_repr()
+  return ("in_features=%d, out_features=%d, bias=%s"):format(
+    self.in_features, self.out_features, tostring(self.bias ~= nil))
+end
+
+local ReLU = Module:extend("ReLU")
+nn.ReLU = ReLU
+function ReLU:forward(x) return x:relu() end
+
+local Tanh = Module:extend("Tanh")
+nn.Tanh = Tanh
+function Tanh:forward(x) return x:tanh() end
+
+local Sigmoid = Module:extend("Sigmoid")
+nn.Sigmoid = Sigmoid
+function Sigmoid:forward(x) return x:sigmoid() end
+
+local Dropout = Module:extend("Dropout")
+nn.Dropout = Dropout
+function Dropout:init(p)
+  if type(p) == "table" then p = p.p end
+  p = p or 0.5
+  if type(p) ~= "number" or p < 0 or p > 1 then
+    error(("Dropout: p must be a probability in [0, 1], got %s"):format(
+      tostring(p)), 3)
+  end
+  self.p = p
+end
+function Dropout:forward(x) return T.dropout(x, self.p, self.training) end
+function Dropout:extra_repr() return "p=" .. tostring(self.p) end
+
+local function dim_layer(name, op)
+  local cls = Module:extend(name)
+  function cls:init(dim) self.dim = dim or -1 end
+  function cls:forward(x) return x[op](x, self.dim) end
+  function cls:extra_repr() return "dim=" .. tostring(self.dim) end
+  return cls
+end
+nn.Softmax = dim_layer("Softmax", "softmax")
+nn.LogSoftmax = dim_layer("LogSoftmax", "log_softmax")
+
+local Flatten = Module:extend("Flatten")
+nn.Flatten = Flatten
+function Flatten:init(start_dim, end_dim)
+  self.start_dim, self.end_dim = start_dim or 2, end_dim or -1
+end
+function Flatten:forward(x) return x:flatten(self.start_dim, self.end_dim) end
+function Flatten:extra_repr()
+  return ("start_dim=%d, end_dim=%d"):format(self.start_dim, self.end_dim)
+end
+
+-- Sequential(m1, m2, ...) or Sequential({m1, m2, ...}): children "1", "2", ...
+local Sequential = Module:extend("Sequential")
+nn.Sequential = Sequential
+function Sequential:init(...)
+  local list = { ... }
+  if #list == 1 and not is_module(list[1]) and type(list[1]) == "table" then
+    list = list[1]
+  end
+  for i, m in ipairs(list) do
+    if not is_module(m) then
+      error(("Sequential: argument %d is not a Module (got %s)"):format(
+        i, type(m)), 3)
+    end
+    self:add_module(tostring(i), m)
+  end
+end
+function Sequential:get(i) return self._modules.values[tostring(i)] end
+function Sequential:append(m)
+  self:add_module(tostring(#self._modules.keys + 1), m)
+  return self
+end
+function Sequential:forward(x, ...)
+  for _, k in ipairs(self._modules.keys) do x = self._modules.values[k](x, ...) end
+  return x
+end
+function Sequential.__len(self) return #self._modules.keys end
+function Sequential.__index(self, key)
+  if math.type(key) == "integer" then return self:get(key) end
+  return Module.__index(self, key)
+end
+
+-- Embedding(num_embeddings, dim): lookups by 1-based integer index.
+local Embedding = Module:extend("Embedding")
+nn.Embedding = Embedding
+function Embedding:init(num_embeddings, embedding_dim, opts)
+  opts = opts or {}
+  check_int("Embedding", "num_embeddings", num_embeddings, 1)
+  check_int("Embedding", "embedding_dim", embedding_dim, 1)
+  self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+  self.weight = T.randn({ num_embeddings, embedding_dim },
+    { dtype = opts.dtype, requires_grad = true })
+end
+
+function Embedding:forward(indices)
+  if not T.is_tensor(indices) or indices:dtype():match("^float") or
+      indices:dtype() == "bool" then
+    error(("Embedding: indices must be an integer tensor, got %s"):format(
+      T.is_tensor(indices) and indices:dtype() or type(indices)), 2)
+  end
+  local n = indices:numel()
+  local flat = indices:reshape({ n })
+  if n > 0 and (flat:min():item() < 1 or
+      flat:max():item() > self.num_embeddings) then
+    local bad = {}
+    for i = 1, n do
+      local v = flat[i]
+      if (v < 1 or v > self.num_embeddings) and #bad < 10 then
+        bad[#bad + 1] = tostring(v)
+      end
+    end
+    error(("Embedding: indices out of range 1..%d: %s"):format(
+      self.num_embeddings, table.concat(bad, ", ")), 2)
+  end
+  local shape = indices:size()
+  shape[#shape + 1] = self.embedding_dim
+  return self.weight:index_select(1, flat):reshape(shape)
+end
+
+function Embedding:extra_repr()
+  return ("%d, %d"):format(self.num_embeddings, self.embedding_dim)
+end
+
+-- LSTM(input_size, hidden_size, {num_layers = 1, bias = true,
+-- batch_first = false, dropout = 0}), or LSTM(in, hidden, num_layers, {...})
+-- as PyTorch's positional form. Parameters and gate order (i, f, g, o) as
+-- PyTorch's, so state dicts carry over.
+local LSTM = Module:extend("LSTM")
+nn.LSTM = LSTM
+function LSTM:init(input_size, hidden_size, opts, more)
+  if type(opts) == "number" then
+    local merged = { num_layers = opts }
+    for k, v in pairs(more or {}) do merged[k] = v end
+    opts = merged
+  end
+  opts = opts or {}
+  check_int("LSTM", "input_size", input_size, 1)
+  check_int("LSTM", "hidden_size", hidden_size, 1)
+  local num_layers = opts.num_layers or 1
+  check_int("LSTM", "num_layers", num_layers, 1)
+  self.input_size, self.hidden_size = input_size, hidden_size
+  self.num_layers = num_layers
+  self.bias = opts.bias ~= false
+  self.batch_first = opts.batch_first == true
+  self.dropout = opts.dropout or 0
+  local H, o = hidden_size, { dtype = opts.dtype, requires_grad = true }
+  for l = 0, num_layers - 1 do
+    local in_l = l == 0 and input_size or H
+    self:register_parameter("weight_ih_l" .. l, T.empty({ 4 * H, in_l }, o))
+    self:register_parameter("weight_hh_l" .. l, T.empty({ 4 * H, H }, o))
+    if self.bias then
+      self:register_parameter("bias_ih_l" .. l, T.empty({ 4 * H }, o))
+      self:register_parameter("bias_hh_l" .. l, T.empty({ 4 * H }, o))
+    end
+  end
+  self:reset_parameters()
+end
+
+function LSTM:reset_parameters()
+  local k = 1 / math.sqrt(self.hidden_size)
+  for _, p in ipairs(self:parameters()) do init.uniform_(p, -k, k) end
+end
+
+-- forward(input, [{h0, c0}]) -> output, {h_n, c_n}. input is {seq, batch,
+-- in} ({batch, seq, in} if batch_first) or unbatched {seq, in}; h0 and c0
+-- are {num_layers, batch, H} ({num_layers, H} unbatched), zeros if absent.
+function LSTM:forward(input, hx)
+  local H, L = self.hidden_size, self.num_layers
+  local unbatched = input:dim() == 2
+  if (input:dim() ~= 2 and input:dim() ~= 3) or
+      input:size(-1) ~= self.input_size then
+    error(("LSTM: input of shape %s must be [seq, batch, %d]%s or [seq, %d]")
+      :format(shape_str(input), self.input_size,
+        self.batch_first and " ([batch, seq, ...] as batch_first)" or "",
+        self.input_size), 2)
+  end
+  local x = input
+  if unbatched then x = x:unsqueeze(2)
+  elseif self.batch_first then x = x:transpose(1, 2) end
+  local seq, batch = x:size(1), x:size(2)
+  local state = {}
+  for i = 1, 2 do
+    local s = hx and hx[i]
+    if s == nil then
+      s = T.zeros({ L, batch, H }, { dtype = input:dtype() })
+    else
+      local want = unbatched and ("[%d, %d]"):format(L, H)
+        or ("[%d, %d, %d]"):format(L, batch, H)
+      if shape_str(s) ~= want then
+        error(("LSTM: %s of shape %s, expected %s"):format(
+          i == 1 and "h0" or "c0", shape_str(s), want), 2)
+      end
+      if unbatched then s = s:unsqueeze(2) end
+    end
+    state[i] = s
+  end
+  local h_n, c_n = {}, {}
+  for l = 0, L - 1 do
+    local w_ih, w_hh = self["weight_ih_l" .. l], self["weight_hh_l" .. l]
+    -- The input projection of all steps in one matrix product.
+    local x2 = x:reshape({ seq * batch, x:size(3) })
+    local proj
+    if self.bias then
+      proj = T.addmm(self["bias_ih_l" .. l] + self["bias_hh_l" .. l], x2,
+        w_ih:t())
+    else
+      proj = x2:matmul(w_ih:t())
+    end
+    proj = proj:reshape({ seq, batch, 4 * H })
+    local h, c = state[1]:select(1, l + 1), state[2]:select(1, l + 1)
+    local outs = {}
+    for t = 1, seq do
+      local gates = T.addmm(proj:select(1, t), h, w_hh:t())
+      local g = gates:chunk(4, 2)
+      local i_g, f_g = g[1]:sigmoid(), g[2]:sigmoid()
+      local c_g, o_g = g[3]:tanh(), g[4]:sigmoid()
+      c = f_g * c + i_g * c_g
+      h = o_g * c:tanh()
+      outs[t] = h
+    end
+    x = T.stack(outs, 1)
+    if l < L - 1 and self.dropout > 0 then
+      x = T.dropout(x, self.dropout, self.training)
+    end
+    h_n[l + 1], c_n[l + 1] = h, c
+  end
+  local hn, cn = T.stack(h_n, 1), T.stack(c_n, 1)
+  if unbatched then
+    x, hn, cn = x:select(2, 1), hn:select(2, 1), cn:select(2, 1)
+  elseif self.batch_first then
+    x = x:transpose(1, 2)
+  end
+  return x, { hn, cn }
+end
+
+function LSTM:extra_repr()
+  local s = ("%d, %d"):format(self.input_size, self.hidden_size)
+  if self.num_layers ~= 1 then s = s .. ", num_layers=" .. self.num_layers end
+  if not self.bias then s = s .. ", bias=false" end
+  if self.batch_first then s = s .. ", batch_first=true" end
+  if self.dropout ~= 0 then s = s .. ", dropout=" .. tostring(self.dropout) end
+  return s
+end
+
+-- ---- Losses (modules over the functional forms) -------------------------------------
+
+local function loss_class(name, fn)
+  local cls = Module:extend(name)
+  function cls:init(opts)
+    self.reduction = (opts and opts.reduction) or "mean"
+    reduce(name, T.zeros(1), self.reduction) -- validates it now
+  end
+  function cls:forward(input, target)
+    return fn(input, target, { reduction = self.reduction })
+  end
+  function cls:extra_repr()
+    return self.reduction == "mean" and "" or "reduction=" .. self.reduction
+  end
+  return cls
+end
+nn.MSELoss = loss_class("MSELoss", F.mse_loss)
+nn.CrossEntropyLoss = loss_class("CrossEntropyLoss", F.cross_entropy)
+nn.NLLLoss = loss_class("NLLLoss", F.nll_loss)
+
+-- ---- nn.utils -----------------------------------------------------------------------
+
+nn.utils = {}
+
+local function param_list(params)
+  if is_module(params) then return params:parameters() end
+  if T.is_tensor(params) then return { params } end
+  return params
+end
+
+-- clip_grad_norm_(params, max_norm, [norm_type = 2]): scales the gradients
+-- in place so that their joint norm is at most max_norm; returns the norm
+-- before clipping, a number.
+function nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+  norm_type = norm_type or 2
+  local grads = {}
+  for _, p in ipairs(param_list(params)) do
+    if p.grad ~= nil then grads[#grads + 1] = p.grad end
+  end
+  if #grads == 0 then return 0.0 end
+  local total = 0
+  for _, g in ipairs(grads) do
+    if norm_type == math.huge then
+      total = math.max(total, g:abs():max():item())
+    else
+      total = total + g:abs():pow(norm_type):sum():item()
+    end
+  end
+  if norm_type ~= math.huge then total = total ^ (1 / norm_type) end
+  local coef = max_norm / (total + 1e-6)
+  if coef < 1 then
+    T.no_grad(function()
+      for _, g in ipairs(grads) do g:mul_(coef) end
+    end)
+  end
+  return total
+end
+
+function nn.utils.parameters_to_vector(params)
+  local flat = {}
+  for i, p in ipairs(param_list(params)) do flat[i] = p:reshape({ p:numel() }) end
+  return T.cat(flat)
+end
+
+return nn
