@@ -126,6 +126,7 @@ int ember_node_save(ember_node_t *node, int i, const ember_tensor_t *t) {
   if (saved == NULL) return EMBER_ENOMEM;
   ember_tensor_release(node->saved[i]);
   node->saved[i] = saved;
+  node->saved_version[i] = saved->storage->version;
   return 0;
 }
 
@@ -254,6 +255,21 @@ static int collect(ember_node_t *root, node_list_t *all) {
   return rc;
 }
 
+static int check_saved_versions(const ember_node_t *n) {
+  for (int i = 0; i < EMBER_NODE_MAX_SAVED; i++) {
+    const ember_tensor_t *t = n->saved[i];
+    if (t != NULL && t->storage->version != n->saved_version[i]) {
+      char buf[128];
+      return ember__tensor_fail(
+          EMBER_EINVAL,
+          "one of the tensors needed for gradient computation (saved by %s, "
+          "shape %s) was modified by an in-place operation after it was used",
+          n->kind->name, ember_shape_string(t->shape, t->ndim, buf, sizeof buf));
+    }
+  }
+  return 0;
+}
+
 static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
   ember_tensor_t *grads_in_small[4] = {0};
   ember_tensor_t **grads_in = grads_in_small;
@@ -272,7 +288,8 @@ static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
         "backward",
         n->kind->name);
   } else if (grad != NULL) {
-    rc = n->kind->apply(n, grad, grads_in);
+    rc = check_saved_versions(n);
+    if (rc == 0) rc = n->kind->apply(n, grad, grads_in);
   }
   ember_tensor_release(grad);
   for (int i = 0; i < n->n_edges; i++) {
@@ -296,8 +313,11 @@ static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
     }
   }
   if (!retain_graph && rc == 0) {
+    /* A node that saved nothing can run again, as in PyTorch. */
+    for (int i = 0; i < EMBER_NODE_MAX_SAVED; i++) {
+      if (n->saved[i] != NULL) n->released = 1;
+    }
     node_free_saved(n);
-    n->released = 1;
   }
   if (grads_in != grads_in_small) free(grads_in);
   return rc;
@@ -320,7 +340,12 @@ int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
           "element, not of shape %s; pass a gradient",
           ember_shape_string(root->shape, root->ndim, a, sizeof a));
     }
-    seed = ember_tensor_full(root->shape, root->ndim, root->dtype, 1.0);
+    seed = ember_tensor_new(root->shape, root->ndim, root->dtype,
+                            root->storage->device);
+    if (seed != NULL && seed->storage->device->fill(seed, 1.0) < 0) {
+      ember_tensor_release(seed);
+      seed = NULL;
+    }
   } else {
     if (!ember_tensor_same_shape(root, grad)) {
       return ember__tensor_fail(

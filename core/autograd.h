@@ -46,6 +46,7 @@ struct ember_node_s {
   int n_edges;
   ember_edge_t *edges;
   ember_tensor_t *saved[EMBER_NODE_MAX_SAVED];
+  unsigned saved_version[EMBER_NODE_MAX_SAVED];
   /* Op arguments the backward needs (dims, sizes, scalars). */
   int64_t ints[EMBER_MAX_DIMS + 2];
   double reals[2];

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "autograd.h"
 #include "lua_common.h"
 
 #define FUTURE_METATABLE "ember.Future"
@@ -430,6 +431,46 @@ static void finish_task(lua_State *L, ember_lua_ctx_t *ctx, lua_State *co,
 }
 
 /*
+** Autograd's grad mode is per thread in C, but tasks share the thread: a
+** task that waits inside no_grad must not switch recording off for the
+** others. Each task therefore carries its own mode across waits; the tasks
+** whose mode is off are kept in a weak-keyed registry table.
+*/
+static const char grad_off_key = 'g';
+
+static int task_grad_off(lua_State *L, lua_State *co) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &grad_off_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  int off = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return off;
+}
+
+static void set_task_grad_off(lua_State *L, lua_State *co, int off) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &grad_off_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (!off) return;
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &grad_off_key);
+  }
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  if (off) lua_pushboolean(L, 1);
+  else lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/*
 ** Resumes a task with `nargs` values on its stack. `from` is the thread that
 ** resumes it. When the task waits again it has already arranged its wake-up.
 */
@@ -439,8 +480,13 @@ static void resume_task(lua_State *from, ember_lua_ctx_t *ctx, lua_State *co,
   lua_State *outer = running_task;
 
   running_task = co;
+  int outer_grad = ember_set_grad_enabled(!task_grad_off(from, co));
   status = lua_resume(co, from, nargs, &nresults);
+  int task_grad = ember_set_grad_enabled(outer_grad);
   running_task = outer;
+  if (status == LUA_YIELD ? !task_grad : task_grad_off(from, co)) {
+    set_task_grad_off(from, co, status == LUA_YIELD && !task_grad);
+  }
 
   if (status == LUA_YIELD) {
     int waiting = nresults == 1 && lua_touserdata(co, -1) == &wait_sentinel;

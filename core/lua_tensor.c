@@ -186,22 +186,28 @@ typedef struct {
 static void scan_nested(lua_State *L, int index, int depth,
                         nested_info_t *info, int *shape_known) {
   int type = lua_type(L, index);
-  if (type == LUA_TNUMBER || type == LUA_TBOOLEAN || to_tensor(L, index)) {
-    if (depth < info->ndim || (!*shape_known && depth > 0 && 0)) {
-      luaL_error(L, "tensor: ragged nested table (a number where a list of "
-                    "%lld was expected at depth %d)",
-                 (long long)info->shape[depth], depth + 1);
-    }
+  ember_tensor_t *inner = to_tensor(L, index);
+  if (inner != NULL && ember_tensor_numel(inner) != 1) {
+    luaL_error(L, "tensor: a tensor of %d elements inside the data; only "
+                  "one-element tensors convert to numbers (use T.stack)",
+               (int)ember_tensor_numel(inner));
+  }
+  if (type == LUA_TNUMBER || type == LUA_TBOOLEAN || inner != NULL) {
     if (!*shape_known) {
       info->ndim = depth;
       *shape_known = 1;
     } else if (depth != info->ndim) {
-      luaL_error(L, "tensor: ragged nested table (depth %d, expected %d)",
-                 depth, info->ndim);
+      luaL_error(L, "tensor: ragged nested table (a number at depth %d, where "
+                    "a list was expected)",
+                 depth + 1);
     }
     if (type == LUA_TBOOLEAN) info->has_bool = 1;
     else if (type == LUA_TNUMBER && lua_isinteger(L, index)) info->has_int = 1;
-    else info->has_float = 1;
+    else if (inner != NULL && !ember_dtype_is_float(inner->dtype)) {
+      info->has_int = 1;
+    } else {
+      info->has_float = 1;
+    }
     return;
   }
   if (type != LUA_TTABLE) {
@@ -210,7 +216,7 @@ static void scan_nested(lua_State *L, int index, int depth,
                luaL_typename(L, index));
   }
   if (depth >= EMBER_MAX_DIMS) luaL_error(L, "tensor: nested too deeply");
-  int64_t n = (int64_t)luaL_len(L, index);
+  lua_Integer n = luaL_len(L, index);
   if (!*shape_known) {
     info->shape[depth] = n;
     if (n == 0) {
@@ -219,13 +225,15 @@ static void scan_nested(lua_State *L, int index, int depth,
       return;
     }
   } else if (depth >= info->ndim || info->shape[depth] != n) {
-    luaL_error(L, "tensor: ragged nested table (a list of %lld where %lld "
-                  "was expected at depth %d)",
-               (long long)n, depth < info->ndim ? (long long)info->shape[depth] : 0LL,
+    luaL_error(L, "tensor: ragged nested table (a list of %I where %s at depth "
+                  "%d)",
+               n, depth >= info->ndim ? "a number was expected"
+                  : lua_pushfstring(L, "%I were expected",
+                                    (lua_Integer)info->shape[depth]),
                depth + 1);
   }
   luaL_checkstack(L, 4, "tensor: nested too deeply");
-  for (int64_t k = 1; k <= n; k++) {
+  for (lua_Integer k = 1; k <= n; k++) {
     lua_geti(L, index, k);
     scan_nested(L, lua_gettop(L), depth + 1, info, shape_known);
     lua_pop(L, 1);
@@ -431,7 +439,7 @@ static int t_t(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
-  push_tensor(L, ember_tensor_transpose(t, 0, 1));
+  push_tensor(L, ember_tensor_matrix_t(t));
   return 1;
 }
 

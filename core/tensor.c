@@ -405,17 +405,9 @@ static int check_float(const ember_tensor_t *t, const char *what) {
   return 0;
 }
 
-/* The in-place rule of tensor_math.c: no silent change to a leaf that
-** autograd is watching. */
-static int check_random_in_place(const ember_tensor_t *t, const char *what) {
-  if (ember_grad_enabled() && t->requires_grad && t->grad_fn == NULL) {
-    return ember__tensor_fail(
-        EMBER_EINVAL,
-        "%s: a leaf tensor that requires grad cannot be changed in place "
-        "while grad is enabled (use no_grad)",
-        what);
-  }
-  return check_float(t, what);
+static int check_random_in_place(ember_tensor_t *t, const char *what) {
+  if (check_float(t, what) < 0) return EMBER_EINVAL;
+  return ember__begin_in_place(t, what);
 }
 
 int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {

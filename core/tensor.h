@@ -52,6 +52,9 @@ typedef struct ember_node_s ember_node_t;
 
 typedef struct ember_storage_s {
   atomic_int refs;
+  /* Bumped by every in-place op, so autograd can tell that a tensor it
+  ** saved was changed after the fact. */
+  unsigned version;
   void *data;
   size_t nbytes;
   const ember_device_t *device;
@@ -173,6 +176,14 @@ const char *ember_shape_string(const int64_t *shape, int ndim, char *buf,
 double ember__load_double(ember_dtype_t dtype, const void *p);
 void ember__store_double(ember_dtype_t dtype, void *p, double v);
 
+/*
+** Whether dst may be changed in place now: not while grad mode is on and dst
+** is watched by autograd (a leaf that requires grad, or part of a recorded
+** graph, whose gradients would silently go wrong). Bumps the storage's
+** version when it may. `what` names the op in the message.
+*/
+int ember__begin_in_place(ember_tensor_t *dst, const char *what);
+
 /* ---- Life cycle and metadata -------------------------------------------- */
 
 /* A new contiguous tensor, zero-filled. */
@@ -237,6 +248,8 @@ ember_tensor_t *ember_tensor_reshape(const ember_tensor_t *t,
                                      int view_only);
 ember_tensor_t *ember_tensor_transpose(const ember_tensor_t *t, int d0,
                                        int d1);
+/* The transpose of a matrix (PyTorch's t(), named TBackward0 in graphs). */
+ember_tensor_t *ember_tensor_matrix_t(const ember_tensor_t *t);
 ember_tensor_t *ember_tensor_permute(const ember_tensor_t *t,
                                      const int *dims, int ndim);
 ember_tensor_t *ember_tensor_narrow(const ember_tensor_t *t, int dim,

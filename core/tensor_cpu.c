@@ -365,9 +365,46 @@ typedef struct {
   int with_index;
 } reduce_ctx_t;
 
+static int64_t load_int64(ember_dtype_t dtype, const char *p) {
+  switch (dtype) {
+  case EMBER_INT64: return *(const int64_t *)p;
+  case EMBER_INT32: return *(const int32_t *)p;
+  default: return *(const uint8_t *)p;
+  }
+}
+
+/* Integer rows in int64 arithmetic, exact beyond 2^53 (wrapping as C's
+** unsigned arithmetic does, like PyTorch's). */
+static void reduce_row_int(const reduce_ctx_t *c, int64_t rows, char **p,
+                           const int64_t *s) {
+  for (int64_t r = 0; r < rows; r++) {
+    const char *x = p[1] + r * s[1];
+    uint64_t acc = c->op == EMBER_REDUCE_PROD ? 1 : 0;
+    int64_t best_value = 0, best = 0;
+    for (int64_t i = 0; i < c->n; i++) {
+      int64_t v = load_int64(c->x_dtype, x + i * c->stride);
+      if (c->op == EMBER_REDUCE_SUM) acc += (uint64_t)v;
+      else if (c->op == EMBER_REDUCE_PROD) acc *= (uint64_t)v;
+      else if (i == 0 || (c->op == EMBER_REDUCE_MAX ? v > best_value
+                                                     : v < best_value)) {
+        best_value = v;
+        best = i;
+      }
+    }
+    int64_t result = c->op >= EMBER_REDUCE_MAX ? best_value : (int64_t)acc;
+    if (c->out_dtype == EMBER_INT64) *(int64_t *)(p[0] + r * s[0]) = result;
+    else ember__store_double(c->out_dtype, p[0] + r * s[0], (double)result);
+    if (c->with_index) *(int64_t *)(p[2] + r * s[2]) = best;
+  }
+}
+
 static void reduce_row(const void *vctx, int64_t rows, char **p,
                        const int64_t *s) {
   const reduce_ctx_t *c = vctx;
+  if (!ember_dtype_is_float(c->x_dtype)) {
+    reduce_row_int(c, rows, p, s);
+    return;
+  }
   for (int64_t r = 0; r < rows; r++) {
     const char *x = p[1] + r * s[1];
     double acc = c->op == EMBER_REDUCE_PROD ? 1 : 0;

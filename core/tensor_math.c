@@ -54,7 +54,8 @@ static int wants(const ember_node_t *node, int i) {
 /* Everything the backward asked for was computed. */
 static int all_set(const ember_node_t *node, ember_tensor_t **grads_in) {
   for (int i = 0; i < node->n_edges; i++) {
-    if (wants(node, i) && grads_in[i] == NULL) return EMBER_ENOMEM;
+    /* The failing op left its message. */
+    if (wants(node, i) && grads_in[i] == NULL) return EMBER_EINVAL;
   }
   return 0;
 }
@@ -145,13 +146,19 @@ static int binary_backward(ember_node_t *node, const ember_tensor_t *g,
     break;
   case EMBER_OP_MAXIMUM:
   case EMBER_OP_MINIMUM: {
-    ember_binary_op_t cmp =
-        node->ints[0] == EMBER_OP_MAXIMUM ? EMBER_OP_GE : EMBER_OP_LE;
-    ember_tensor_t *mask = keep(&s, bin(cmp, a, b));
-    ember_tensor_t *zero = keep(&s, ember_tensor_new(NULL, 0, g->dtype, NULL));
-    if (mask != NULL && zero != NULL) {
-      if (wants(node, 0)) grads_in[0] = ember_tensor_where(mask, g, zero);
-      if (wants(node, 1)) grads_in[1] = ember_tensor_where(mask, zero, g);
+    /* The winner takes the gradient; a tie splits it, as in PyTorch. */
+    int max = node->ints[0] == EMBER_OP_MAXIMUM;
+    ember_tensor_t *half = keep(&s, bin_s(EMBER_OP_MUL,
+        keep(&s, ember_tensor_to(keep(&s, bin(EMBER_OP_EQ, a, b)), g->dtype, 0)),
+        0.5));
+    for (int i = 0; i < 2; i++) {
+      if (!wants(node, i)) continue;
+      const ember_tensor_t *self = i == 0 ? a : b, *other = i == 0 ? b : a;
+      ember_tensor_t *wins = keep(&s, bin(max ? EMBER_OP_GT : EMBER_OP_LT,
+                                          self, other));
+      ember_tensor_t *share = keep(&s, bin(EMBER_OP_ADD, keep(&s,
+          wins != NULL ? ember_tensor_to(wins, g->dtype, 0) : NULL), half));
+      grads_in[i] = bin(EMBER_OP_MUL, g, share);
     }
     break;
   }
@@ -171,15 +178,33 @@ static const ember_node_kind_t binary_kinds[] = {
 
 static int is_comparison(ember_binary_op_t op) { return op >= EMBER_OP_EQ; }
 
-/* The dtype both operands are computed in. */
-static ember_dtype_t compute_dtype(ember_binary_op_t op, ember_dtype_t a,
-                                   ember_dtype_t b) {
-  ember_dtype_t d = ember_dtype_promote(a, b);
-  if (op == EMBER_OP_DIV && !ember_dtype_is_float(d)) return EMBER_FLOAT32;
-  if (d == EMBER_BOOL && !is_comparison(op) && op != EMBER_OP_MAXIMUM &&
-      op != EMBER_OP_MINIMUM) {
-    return EMBER_INT64;
+static int dtype_category(ember_dtype_t d) {
+  return d == EMBER_BOOL ? 0 : ember_dtype_is_float(d) ? 2 : 1;
+}
+
+/* PyTorch's promotion: a 0-dim operand (a Lua number becomes one) does not
+** widen a dimensioned one of the same category (float32 + 0-dim float64 is
+** float32), but does lift it to a higher category (int64 + 2.5 is float). */
+static ember_dtype_t promote_tensors(const ember_tensor_t *a,
+                                     const ember_tensor_t *b) {
+  if ((a->ndim == 0) != (b->ndim == 0)) {
+    const ember_tensor_t *dimmed = a->ndim == 0 ? b : a;
+    const ember_tensor_t *scalar = a->ndim == 0 ? a : b;
+    if (dtype_category(scalar->dtype) <= dtype_category(dimmed->dtype)) {
+      return dimmed->dtype;
+    }
+    return scalar->dtype;
   }
+  return ember_dtype_promote(a->dtype, b->dtype);
+}
+
+/* The dtype both operands are computed in. */
+static ember_dtype_t compute_dtype(ember_binary_op_t op,
+                                   const ember_tensor_t *a,
+                                   const ember_tensor_t *b) {
+  ember_dtype_t d = promote_tensors(a, b);
+  if (op == EMBER_OP_DIV && !ember_dtype_is_float(d)) return EMBER_FLOAT32;
+  if (d == EMBER_BOOL && op == EMBER_OP_POW) return EMBER_INT64;
   return d;
 }
 
@@ -212,7 +237,17 @@ ember_tensor_t *ember_tensor_binary(ember_binary_op_t op,
                        a->storage->device->name, b->storage->device->name);
     return NULL;
   }
-  ember_dtype_t dtype = compute_dtype(op, a->dtype, b->dtype);
+  ember_dtype_t dtype = compute_dtype(op, a, b);
+  if (dtype == EMBER_BOOL) {
+    /* On booleans + is logical or and * logical and, as in PyTorch. */
+    if (op == EMBER_OP_SUB) {
+      ember__tensor_fail(EMBER_EINVAL, "subtracting bool tensors is not "
+                                       "supported; use logical_not or ~=");
+      return NULL;
+    }
+    if (op == EMBER_OP_ADD) op = EMBER_OP_MAXIMUM;
+    if (op == EMBER_OP_MUL) op = EMBER_OP_MINIMUM;
+  }
   int was = ember_set_grad_enabled(0);
   ember_tensor_t *ac = ember_tensor_to(a, dtype, 0);
   ember_tensor_t *bc = ac != NULL ? ember_tensor_to(b, dtype, 0) : NULL;
@@ -247,7 +282,7 @@ ember_tensor_t *ember_tensor_binary_scalar(ember_binary_op_t op,
                                            int reversed) {
   ember_dtype_t dtype = a->dtype;
   if (!ember_dtype_is_float(dtype) && !is_int) dtype = EMBER_FLOAT32;
-  if (dtype == EMBER_BOOL) dtype = EMBER_INT64;
+  if (dtype == EMBER_BOOL && is_int) dtype = EMBER_INT64;
   ember_tensor_t *s = ember_tensor_new(NULL, 0, dtype, a->storage->device);
   if (s == NULL) return NULL;
   if (s->storage->device->fill(s, scalar) < 0) {
@@ -257,6 +292,11 @@ ember_tensor_t *ember_tensor_binary_scalar(ember_binary_op_t op,
   ember_tensor_t *out = reversed ? ember_tensor_binary(op, s, a)
                                  : ember_tensor_binary(op, a, s);
   ember_tensor_release(s);
+  static const ember_node_kind_t pow_scalar = {"PowBackward0",
+                                               binary_backward};
+  if (op == EMBER_OP_POW && !reversed && out != NULL && out->grad_fn != NULL) {
+    out->grad_fn->kind = &pow_scalar;
+  }
   return out;
 }
 
@@ -380,6 +420,45 @@ ember_tensor_t *ember_tensor_unary(ember_unary_op_t op,
 
 /* ---- Reductions ------------------------------------------------------------------- */
 
+/* For each element of x, the product of the other elements along dim
+** (the derivative of prod); exact when some elements are zero, where
+** prod / x is not. Computed on the CPU through element access. */
+static ember_tensor_t *product_of_others(const ember_tensor_t *x, int dim) {
+  ember_tensor_t *out = ember_tensor_to(x, EMBER_FLOAT64, 1);
+  if (out == NULL) return NULL;
+  int64_t n = x->shape[dim], inner = 1;
+  for (int i = dim + 1; i < x->ndim; i++) inner *= x->shape[i];
+  int64_t outer = n > 0 ? ember_tensor_numel(x) / (n * inner) : 0;
+  double *v = ember_tensor_data(out);
+  for (int64_t o = 0; o < outer; o++) {
+    for (int64_t k = 0; k < inner; k++) {
+      double *row = v + o * n * inner + k;
+      double before = 1;
+      /* Prefix products forward, then suffix products backward. */
+      double *prefix = malloc(sizeof(double) * (size_t)n);
+      if (prefix == NULL) {
+        ember_tensor_release(out);
+        ember__tensor_fail(EMBER_ENOMEM, "out of memory");
+        return NULL;
+      }
+      for (int64_t i = 0; i < n; i++) {
+        prefix[i] = before;
+        before *= row[i * inner];
+      }
+      double after = 1;
+      for (int64_t i = n - 1; i >= 0; i--) {
+        double value = row[i * inner];
+        row[i * inner] = prefix[i] * after;
+        after *= value;
+      }
+      free(prefix);
+    }
+  }
+  ember_tensor_t *typed = ember_tensor_to(out, x->dtype, 0);
+  ember_tensor_release(out);
+  return typed;
+}
+
 /* sum: grad broadcast back over the reduced dim. max/min: grad placed at
 ** the saved positions. prod: grad * prod / x. */
 static int reduce_backward(ember_node_t *node, const ember_tensor_t *g,
@@ -393,13 +472,10 @@ static int reduce_backward(ember_node_t *node, const ember_tensor_t *g,
   case EMBER_REDUCE_SUM:
     r = gk != NULL ? ember_tensor_expand(gk, e->shape, e->ndim) : NULL;
     break;
-  case EMBER_REDUCE_PROD: {
-    const ember_tensor_t *yk =
-        keepdim ? node->saved[1]
-                : keep(&s, ember_tensor_unsqueeze(node->saved[1], dim));
-    r = bin(EMBER_OP_MUL, gk, keep(&s, bin(EMBER_OP_DIV, yk, node->saved[0])));
+  case EMBER_REDUCE_PROD:
+    r = bin(EMBER_OP_MUL, gk,
+            keep(&s, product_of_others(node->saved[0], dim)));
     break;
-  }
   default: { /* MAX, MIN: saved[2] holds the positions, keepdim-shaped */
     ember_tensor_t *full = ember_tensor_new(e->shape, e->ndim, g->dtype,
                                             g->storage->device);
@@ -422,23 +498,52 @@ static const ember_node_kind_t reduce_kinds[] = {
     {"MaxBackward0", reduce_backward}, {"MinBackward0", reduce_backward},
 };
 
+/* The max/min of everything: the gradient is shared evenly by the elements
+** equal to the result, as PyTorch does. saved[0] = x, saved[1] = result. */
+static int extreme_all_backward(ember_node_t *node, const ember_tensor_t *g,
+                                ember_tensor_t **grads_in) {
+  scope_t s = {0};
+  ember_tensor_t *hits = keep(&s, ember_tensor_to(
+      keep(&s, bin(EMBER_OP_EQ, node->saved[0], node->saved[1])), g->dtype, 0));
+  ember_tensor_t *count = keep(&s, hits != NULL
+      ? ember_tensor_reduce(EMBER_REDUCE_SUM, hits, EMBER_ALL_DIMS, 0, NULL)
+      : NULL);
+  grads_in[0] = bin(EMBER_OP_MUL, hits, keep(&s, bin(EMBER_OP_DIV, g, count)));
+  scope_end(&s);
+  return grads_in[0] != NULL ? 0 : EMBER_EINVAL;
+}
+
 /* Over every element: a reduction of the flattened tensor, recorded through
-** the reshape like any other view. */
+** the reshape like any other view (max/min: with their own node). */
 static ember_tensor_t *reduce_all(ember_reduce_op_t op,
                                   const ember_tensor_t *x,
                                   ember_tensor_t **index) {
+  static const ember_node_kind_t all_kinds[] = {
+      {"SumBackward0", reduce_backward}, {"ProdBackward0", reduce_backward},
+      {"MaxBackward1", extreme_all_backward},
+      {"MinBackward1", extreme_all_backward},
+  };
+  int extreme = op >= EMBER_REDUCE_MAX;
+  int record = extreme && ember_dtype_is_float(x->dtype) &&
+               ember_autograd_needed(&x, 1);
+  int was = record ? ember_set_grad_enabled(0) : ember_grad_enabled();
   int64_t minus_one = -1;
   ember_tensor_t *flat = ember_tensor_reshape(x, &minus_one, 1, 0);
   ember_tensor_t *r = flat != NULL
                           ? ember_tensor_reduce(op, flat, 0, 0, index)
                           : NULL;
   ember_tensor_release(flat);
-  /* PyTorch's names for the whole-tensor reductions. */
-  static const ember_node_kind_t all_kinds[] = {
-      {"SumBackward0", reduce_backward}, {"ProdBackward0", reduce_backward},
-      {"MaxBackward1", reduce_backward}, {"MinBackward1", reduce_backward},
-  };
-  if (r != NULL && r->grad_fn != NULL) r->grad_fn->kind = &all_kinds[op];
+  ember_set_grad_enabled(was);
+  if (r != NULL && record) {
+    ember_node_t *node = ember_autograd_record(r, &all_kinds[op], &x, 1);
+    if (node == NULL || ember_node_save(node, 0, x) < 0 ||
+        ember_node_save(node, 1, r) < 0) {
+      ember_tensor_release(r);
+      return NULL;
+    }
+  } else if (r != NULL && r->grad_fn != NULL) {
+    r->grad_fn->kind = &all_kinds[op]; /* PyTorch's name for it */
+  }
   return r;
 }
 
@@ -536,11 +641,17 @@ ember_tensor_t *ember_tensor_mean(const ember_tensor_t *x, int dim,
   ember_tensor_t *sum = ember_tensor_reduce(EMBER_REDUCE_SUM, x, dim, keepdim,
                                             NULL);
   if (sum == NULL) return NULL;
-  int64_t n = dim == EMBER_ALL_DIMS ? ember_tensor_numel(x)
-                                    : x->shape[dim < 0 ? dim + x->ndim : dim];
+  int64_t n = dim == EMBER_ALL_DIMS || x->ndim == 0
+                  ? ember_tensor_numel(x)
+                  : x->shape[dim < 0 ? dim + x->ndim : dim];
   ember_tensor_t *mean = ember_tensor_unary(EMBER_OP_AXPB, sum,
                                             1.0 / (double)n, 0);
   ember_tensor_release(sum);
+  static const ember_node_kind_t mean_kinds[] = {
+      {"MeanBackward0", unary_backward}, {"MeanBackward1", unary_backward}};
+  if (mean != NULL && mean->grad_fn != NULL) {
+    mean->grad_fn->kind = &mean_kinds[dim != EMBER_ALL_DIMS];
+  }
   return mean;
 }
 
@@ -877,19 +988,28 @@ ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t) {
 
 /* ---- In place ------------------------------------------------------------------------------ */
 
-static int check_in_place(const ember_tensor_t *dst, const char *what) {
-  if (ember_grad_enabled() && dst->requires_grad && dst->grad_fn == NULL) {
+int ember__begin_in_place(ember_tensor_t *dst, const char *what) {
+  if (ember_grad_enabled() && dst->grad_fn != NULL) {
+    return ember__tensor_fail(
+        EMBER_EINVAL,
+        "%s: this tensor is part of a recorded graph (%s) and changing it in "
+        "place would make its gradients wrong; use the out-of-place form "
+        "(y = y * 2 rather than y:mul_(2)) or detach() it first",
+        what, dst->grad_fn->kind->name);
+  }
+  if (ember_grad_enabled() && dst->requires_grad) {
     return ember__tensor_fail(
         EMBER_EINVAL,
         "%s: a leaf tensor that requires grad cannot be changed in place "
         "while grad is enabled (use no_grad)",
         what);
   }
+  dst->storage->version++;
   return 0;
 }
 
 int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
-  if (check_in_place(dst, "copy_") < 0) return EMBER_EINVAL;
+  if (ember__begin_in_place(dst, "copy_") < 0) return EMBER_EINVAL;
   ember_tensor_t *v = ember_tensor_expand(src, dst->shape, dst->ndim);
   if (v == NULL) {
     char a[128], b[128];
@@ -904,14 +1024,14 @@ int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
 }
 
 int ember_tensor_fill_(ember_tensor_t *dst, double value) {
-  if (check_in_place(dst, "fill_") < 0) return EMBER_EINVAL;
+  if (ember__begin_in_place(dst, "fill_") < 0) return EMBER_EINVAL;
   return dst->storage->device->fill(dst, value);
 }
 
 int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
                          const ember_tensor_t *src, double alpha) {
   char a[128], b[128];
-  if (check_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
   if (is_comparison(op)) {
     return ember__tensor_fail(EMBER_EINVAL, "comparisons have no in-place form");
   }
@@ -952,7 +1072,7 @@ int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
 
 int ember_tensor_unary_(ember_unary_op_t op, ember_tensor_t *dst, double arg0,
                         double arg1) {
-  if (check_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
   if (op == EMBER_OP_NOT ||
       (!ember_dtype_is_float(dst->dtype) && !keeps_integers(op))) {
     return ember__tensor_fail(EMBER_EINVAL, "in-place op: not defined for a "
@@ -964,7 +1084,7 @@ int ember_tensor_unary_(ember_unary_op_t op, ember_tensor_t *dst, double arg0,
 
 int ember_tensor_addc_(ember_tensor_t *dst, const ember_tensor_t *a,
                        const ember_tensor_t *b, double value, int div) {
-  if (check_in_place(dst, div ? "addcdiv_" : "addcmul_") < 0) {
+  if (ember__begin_in_place(dst, div ? "addcdiv_" : "addcmul_") < 0) {
     return EMBER_EINVAL;
   }
   int was = ember_set_grad_enabled(0);

@@ -108,11 +108,13 @@ static int infer_shape(const ember_tensor_t *t, const int64_t *shape,
     out[i] = shape[i];
   }
   int64_t numel = ember_tensor_numel(t);
+  /* -1 is ambiguous only when another size is 0. */
+  int ambiguous = infer >= 0 && known == 0;
   if (infer >= 0 && known != 0 && numel % known == 0) {
     out[infer] = numel / known;
     known = numel;
   }
-  if (known != numel || (infer >= 0 && known == 0)) {
+  if (known != numel || ambiguous) {
     return ember__tensor_fail(
         EMBER_EINVAL, "shape %s is invalid for a tensor of shape %s (%lld "
         "elements)",
@@ -227,7 +229,18 @@ ember_tensor_t *ember_tensor_transpose(const ember_tensor_t *t, int d0,
   for (int i = 0; i < t->ndim; i++) dims[i] = i;
   dims[d0] = d1;
   dims[d1] = d0;
-  return ember_tensor_permute(t, dims, t->ndim);
+  static const ember_node_kind_t transpose_kind = {"TransposeBackward0",
+                                                   permute_backward};
+  ember_tensor_t *v = ember_tensor_permute(t, dims, t->ndim);
+  if (v != NULL && v->grad_fn != NULL) v->grad_fn->kind = &transpose_kind;
+  return v;
+}
+
+ember_tensor_t *ember_tensor_matrix_t(const ember_tensor_t *t) {
+  static const ember_node_kind_t t_kind = {"TBackward0", permute_backward};
+  ember_tensor_t *v = ember_tensor_transpose(t, 0, 1);
+  if (v != NULL && v->grad_fn != NULL) v->grad_fn->kind = &t_kind;
+  return v;
 }
 
 /* ---- Narrow, select ------------------------------------------------------------ */
@@ -570,8 +583,25 @@ static int scatter_backward(ember_node_t *node, const ember_tensor_t *grad,
     }
   }
   grads_in[0] = gx;
-  grads_in[1] = ember_tensor_gather(grad, dim, index);
-  return grads_in[1] != NULL ? 0 : EMBER_ENOMEM;
+  /* src may be larger than index: only its leading index-shaped corner was
+  ** scattered, the rest gets no gradient. */
+  const ember_edge_t *src = &node->edges[1];
+  ember_tensor_t *picked = ember_tensor_gather(grad, dim, index);
+  ember_tensor_t *gs = picked != NULL
+      ? ember_tensor_new(src->shape, src->ndim, grad->dtype, grad->storage->device)
+      : NULL;
+  ember_tensor_t *corner = gs != NULL
+      ? ember_tensor_view_of(gs, index->shape, gs->strides, gs->ndim, 0)
+      : NULL;
+  int rc = corner != NULL ? ember_tensor_copy_(corner, picked) : EMBER_EINVAL;
+  ember_tensor_release(corner);
+  ember_tensor_release(picked);
+  if (rc < 0) {
+    ember_tensor_release(gs);
+    return rc;
+  }
+  grads_in[1] = gs;
+  return 0;
 }
 
 static const ember_node_kind_t scatter_kind = {"ScatterBackward0",

@@ -153,6 +153,17 @@ describe("tensor creation", function()
     check(T.full_like(a, 3), { { 3, 3 } }, { dtype = "int64", exact = true })
   end)
 
+  it("device = 'cpu' is accepted; another device works or is an error naming it", function()
+    assert.equal("cpu", T.zeros(2, { device = "cpu" }):device())
+    local x = T.tensor { 1.0, 2.0 }
+    check(x:to("cpu"), { 1, 2 })
+    check(x:cpu(), { 1, 2 })
+    local ok, err = pcall(T.zeros, 2, { device = "cuda" })
+    if not ok then assert.matches("cuda", tostring(err)) end
+    ok, err = pcall(function() return x:to("cuda") end)
+    if not ok then assert.matches("cuda", tostring(err)) end
+  end)
+
   it("size/dim/numel/stride/dtype/device describe the tensor", function()
     local t = T.zeros(2, 3, 4)
     assert.same({ 2, 3, 4 }, t:size())
@@ -459,6 +470,22 @@ describe("tensor indexing", function()
     assert.same({ { 1, 2 }, { 3, 4 } }, T.tensor { { 1, 2 }, { 3, 4 } }:totable())
     assert.equal(7, T.tensor(7):totable())
     assert.matches("%[2%]", error_of(function() return T.zeros(2):item() end))
+  end)
+end)
+
+describe("tensor functions and methods", function()
+  it("every op is a function as well as a method (DESIGN.md)", function()
+    local missing = {}
+    for _, name in ipairs { "scatter_add", "index_fill", "clamp_min" } do
+      if T[name] == nil then missing[#missing + 1] = name end
+    end
+    assert.same({}, missing)
+  end)
+
+  it("T.addmm takes the options table that t:addmm takes", function()
+    local bias, a = T.tensor { 1.0, 2.0 }, T.tensor { { 1.0, 2.0 }, { 3.0, 4.0 } }
+    local want = bias:addmm(a, T.eye(2), { beta = 2, alpha = 3 })
+    check(T.addmm(bias, a, T.eye(2), { beta = 2, alpha = 3 }), want:totable())
   end)
 end)
 
@@ -884,12 +911,24 @@ describe("tensor in-place ops and copies", function()
   end)
 
   it("writing an element of a leaf that requires grad is an error too", function()
+    -- The element is a view recorded in the graph: changing it in place is
+    -- refused with a message saying why and what to do instead.
     local l = T.ones(3, { requires_grad = true })
-    assert.matches("leaf", error_of(function() l[1] = 5 end))
+    assert.matches("in place", error_of(function() l[1] = 5 end))
     assert.equal(1, l[1])
     local m = T.ones(2, 2, { requires_grad = true })
-    assert.matches("leaf", error_of(function() m[1][1] = 5 end))
+    assert.matches("in place", error_of(function() m[1][1] = 5 end))
     assert.equal(1, m[1][1])
+    T.no_grad(function() m[1][1] = 5 end)
+    assert.equal(5, m[1][1])
+  end)
+
+  it("uniform_ and normal_ on a leaf that requires grad are errors too", function()
+    local l = T.ones(2, { requires_grad = true })
+    assert.matches("leaf", error_of(function() l:uniform_() end))
+    assert.matches("leaf", error_of(function() l:normal_() end))
+    T.no_grad(function() l:uniform_(2, 3) end)
+    assert.is_true(l[1] >= 2 and l[1] < 3)
   end)
 
   it("in place on a view of a leaf that requires grad is an error", function()
@@ -980,6 +1019,27 @@ describe("tensor grad mode", function()
     local ok, err = pcall(T.no_grad, function() error("boom") end)
     assert.is_false(ok)
     assert.matches("boom", tostring(err))
+    assert.is_true(T.is_grad_enabled())
+  end)
+
+  it("a task waiting inside no_grad does not turn grad off for the others", function()
+    -- Every request and the script run as tasks on one thread; one waiting
+    -- inside no_grad must not stop recording everywhere else.
+    local ember = require "ember"
+    local gate = ember.futures.Future()
+    local inside
+    local task = ember.spawn(function()
+      T.no_grad(function()
+        gate:wait()
+        inside = T.is_grad_enabled()
+      end)
+      return T.is_grad_enabled()
+    end)
+    local while_waiting = T.is_grad_enabled()
+    gate:set_result(true)
+    assert.is_true(task:wait())
+    assert.is_false(inside)
+    assert.is_true(while_waiting, "grad mode was off while the no_grad task waited")
     assert.is_true(T.is_grad_enabled())
   end)
 

@@ -73,13 +73,25 @@ T.zeros = filled("zeros", 0)
 T.ones = filled("ones", 1)
 T.empty = filled("empty", 0)
 
+-- The dtype PyTorch infers from a fill value.
+local function dtype_of_value(value)
+  if type(value) == "boolean" then return "bool" end
+  if math.type(value) == "integer" then return "int64" end
+  return "float32"
+end
+
 function T.full(shape, value, opts)
   opts = opts or {}
   if type(shape) ~= "table" then
     error("full: shape must be a table, got " .. type(shape), 2)
   end
+  if type(value) ~= "number" and type(value) ~= "boolean" then
+    error("full: value must be a number or boolean, got " .. type(value), 2)
+  end
   check_device(opts, "full")
-  return apply_options(C.full(shape, value, opts.dtype), opts)
+  local dtype = opts.dtype or dtype_of_value(value)
+  if type(value) == "boolean" then value = value and 1 or 0 end
+  return apply_options(C.full(shape, value, dtype), opts)
 end
 
 local function random(fname, fill)
@@ -113,13 +125,16 @@ function T.tensor(data, opts)
 end
 
 -- arange(end) or arange(start, end, [step], [opts]): [start, end).
-function T.arange(a, b, c, d)
-  local opts = {}
-  for _, v in ipairs({ d, c, b }) do
-    if type(v) == "table" then opts = v end
+function T.arange(...)
+  local n = select("#", ...)
+  local opts = n > 0 and select(n, ...) or nil
+  if type(opts) == "table" then n = n - 1 else opts = {} end
+  local a, b, step = ...
+  if n == 1 then a, b = 0, a end
+  if n > 3 or n < 1 then
+    error("arange: expected (end), (start, end) or (start, end, step)", 2)
   end
-  if type(b) ~= "number" then a, b = 0, a end
-  local step = type(c) == "number" and c or 1
+  if n < 3 then step = nil end
   return apply_options(C.arange(a, b, step, opts.dtype), opts)
 end
 
@@ -196,7 +211,6 @@ for _, name in ipairs(direct) do
   T[name] = C[name]
 end
 
-T.addmm = C.addmm
 T.cat = C.cat
 T.stack = C.stack
 T.where = C.where
@@ -310,10 +324,12 @@ function methods.masked_fill(t, mask, value)
 end
 T.masked_fill = methods.masked_fill
 
+-- addmm(bias, a, b, [{beta =, alpha =}]): beta * bias + alpha * a @ b.
 function methods.addmm(bias, a, b, opts)
   opts = opts or {}
   return C.addmm(bias, a, b, opts.beta, opts.alpha)
 end
+T.addmm = methods.addmm
 
 function methods.dot(a, b)
   return C.sum(C.mul(a, b))
@@ -374,6 +390,7 @@ T.split, T.chunk, T.unbind = methods.split, methods.chunk, methods.unbind
 function methods.scatter_add(t, dim, index, src)
   return C.scatter(t, dim, index, src, true)
 end
+T.scatter_add = methods.scatter_add
 
 function methods.index_fill(t, dim, index, value)
   local out = C.clone(t)
@@ -382,6 +399,8 @@ function methods.index_fill(t, dim, index, value)
   end
   return out
 end
+T.index_fill = methods.index_fill
+T.clamp_min = methods.clamp_min
 
 -- dropout(x, p, training): zeroes elements with probability p and scales
 -- the rest by 1 / (1 - p), as PyTorch's inverted dropout.
