@@ -1,0 +1,176 @@
+/*
+** Conversions and in-place updates: to(dtype), contiguous, copy_, fill_,
+** the op= family used by optimizers, and allclose. In-place ops are not
+** recorded by autograd; ember__begin_in_place refuses them where autograd
+** would be misled and bumps the storage's version.
+*/
+#include <math.h>
+
+#include "tensor_grad.h"
+
+/* ---- Conversion ------------------------------------------------------------------------- */
+
+static int copy_backward(ember_node_t *node, const ember_tensor_t *g,
+                         ember_tensor_t **grads_in) {
+  grads_in[0] = (ember_tensor_t *)g;
+  ember_tensor_retain(grads_in[0]);
+  return 0; /* the engine converts the dtype back */
+}
+
+static const ember_node_kind_t to_copy_kind = {"ToCopyBackward0",
+                                               copy_backward};
+static const ember_node_kind_t clone_kind = {"CloneBackward0", copy_backward};
+
+ember_tensor_t *ember_tensor_to(const ember_tensor_t *t, ember_dtype_t dtype,
+                                int copy) {
+  if (dtype == t->dtype && !copy) {
+    ember_tensor_retain((ember_tensor_t *)t);
+    return (ember_tensor_t *)t;
+  }
+  ember_tensor_t *out = ember_tensor_new(t->shape, t->ndim, dtype,
+                                         t->storage->device);
+  if (out == NULL) return NULL;
+  if (out->storage->device->copy(out, t) < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  if (ember_dtype_is_float(dtype) && ember_dtype_is_float(t->dtype) &&
+      ember_autograd_needed(&t, 1)) {
+    if (ember_autograd_record(out, dtype == t->dtype ? &clone_kind
+                                                     : &to_copy_kind,
+                              &t, 1) == NULL) {
+      ember_tensor_release(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t) {
+  return ember_tensor_to(t, t->dtype, !ember_tensor_is_contiguous(t));
+}
+
+/* ---- In place ------------------------------------------------------------------------------ */
+
+int ember__begin_in_place(ember_tensor_t *dst, const char *what) {
+  if (ember_grad_enabled() && dst->grad_fn != NULL) {
+    return ember__tensor_fail(
+        EMBER_EINVAL,
+        "%s: this tensor is part of a recorded graph (%s) and changing it in "
+        "place would make its gradients wrong; use the out-of-place form "
+        "(y = y * 2 rather than y:mul_(2)) or detach() it first",
+        what, dst->grad_fn->kind->name);
+  }
+  if (ember_grad_enabled() && dst->requires_grad) {
+    return ember__tensor_fail(
+        EMBER_EINVAL,
+        "%s: a leaf tensor that requires grad cannot be changed in place "
+        "while grad is enabled (use no_grad)",
+        what);
+  }
+  dst->storage->version++;
+  return 0;
+}
+
+int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
+  if (ember__begin_in_place(dst, "copy_") < 0) return EMBER_EINVAL;
+  ember_tensor_t *v = ember_tensor_expand(src, dst->shape, dst->ndim);
+  if (v == NULL) {
+    char a[128], b[128];
+    return ember__tensor_fail(
+        EMBER_EINVAL, "copy_: source of shape %s does not broadcast to %s",
+        ember_shape_string(src->shape, src->ndim, a, sizeof a),
+        ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
+  }
+  int rc = dst->storage->device->copy(dst, v);
+  ember_tensor_release(v);
+  return rc;
+}
+
+int ember_tensor_fill_(ember_tensor_t *dst, double value) {
+  if (ember__begin_in_place(dst, "fill_") < 0) return EMBER_EINVAL;
+  return dst->storage->device->fill(dst, value);
+}
+
+int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
+                         const ember_tensor_t *src, double alpha) {
+  char a[128], b[128];
+  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (is_comparison(op)) {
+    return ember__tensor_fail(EMBER_EINVAL, "comparisons have no in-place form");
+  }
+  if (!ember_dtype_is_float(dst->dtype) &&
+      (ember_dtype_is_float(src->dtype) || op == EMBER_OP_DIV)) {
+    return ember__tensor_fail(EMBER_EINVAL,
+                              "in-place op: a %s result cannot be stored in "
+                              "a %s tensor",
+                              ember_dtype_name(EMBER_FLOAT32),
+                              ember_dtype_name(dst->dtype));
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *scaled = NULL;
+  ember_tensor_t *s = ember_tensor_to(src, dst->dtype, 0);
+  if (s != NULL && alpha != 1) {
+    scaled = ember_tensor_unary(EMBER_OP_AXPB, s, alpha, 0);
+    ember_tensor_release(s);
+    s = scaled;
+  }
+  ember_tensor_t *v = s != NULL ? ember_tensor_expand(s, dst->shape, dst->ndim)
+                                : NULL;
+  ember_set_grad_enabled(was);
+  int rc;
+  if (v == NULL) {
+    rc = s == NULL ? EMBER_ENOMEM
+                   : ember__tensor_fail(
+                         EMBER_EINVAL,
+                         "in-place op: shape %s does not broadcast to %s",
+                         ember_shape_string(src->shape, src->ndim, a, sizeof a),
+                         ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
+  } else {
+    rc = dst->storage->device->binary(op, dst, dst, v);
+  }
+  ember_tensor_release(v);
+  ember_tensor_release(s);
+  return rc;
+}
+
+int ember_tensor_unary_(ember_unary_op_t op, ember_tensor_t *dst, double arg0,
+                        double arg1) {
+  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
+  if (op == EMBER_OP_NOT ||
+      (!ember_dtype_is_float(dst->dtype) && !keeps_integers(op))) {
+    return ember__tensor_fail(EMBER_EINVAL, "in-place op: not defined for a "
+                                            "%s tensor",
+                              ember_dtype_name(dst->dtype));
+  }
+  return dst->storage->device->unary(op, dst, dst, arg0, arg1);
+}
+
+int ember_tensor_addc_(ember_tensor_t *dst, const ember_tensor_t *a,
+                       const ember_tensor_t *b, double value, int div) {
+  if (ember__begin_in_place(dst, div ? "addcdiv_" : "addcmul_") < 0) {
+    return EMBER_EINVAL;
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *t = ember_tensor_binary(div ? EMBER_OP_DIV : EMBER_OP_MUL, a,
+                                          b);
+  ember_set_grad_enabled(was);
+  if (t == NULL) return EMBER_EINVAL;
+  int rc = ember_tensor_binary_(EMBER_OP_ADD, dst, t, value);
+  ember_tensor_release(t);
+  return rc;
+}
+
+int ember_tensor_allclose(const ember_tensor_t *a, const ember_tensor_t *b,
+                          double rtol, double atol, int *result) {
+  *result = 0;
+  if (!ember_tensor_same_shape(a, b)) return 0;
+  int64_t n = ember_tensor_numel(a);
+  for (int64_t i = 0; i < n; i++) {
+    double x = ember_tensor_get(a, i), y = ember_tensor_get(b, i);
+    if (x == y) continue; /* also equal infinities */
+    if (!(fabs(x - y) <= atol + rtol * fabs(y))) return 0;
+  }
+  *result = 1;
+  return 0;
+}
