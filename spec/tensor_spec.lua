@@ -1063,6 +1063,26 @@ describe("tensor threads", function()
     T.set_num_threads(before)
   end)
 
+  it("uses one BLAS thread unless EMBER_NUM_THREADS says otherwise", function()
+    local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+    local function threads(env)
+      local script = os.tmpname() .. ".lua"
+      local f = assert(io.open(script, "w"))
+      f:write('print(require("ember").tensor.get_num_threads())')
+      f:close()
+      local pipe = assert(io.popen(("%s %s run %s 2>&1"):format(env, EMBER, script)))
+      local out = pipe:read("a")
+      pipe:close()
+      os.remove(script)
+      return out
+    end
+    assert.equal("1\n", threads("env -u EMBER_NUM_THREADS"))
+    assert.equal("3\n", threads("env EMBER_NUM_THREADS=3"))
+    local bad = threads("env EMBER_NUM_THREADS=lots")
+    assert.matches("EMBER_NUM_THREADS must be a positive integer, not 'lots'", bad)
+    assert.matches("\n1\n$", bad)
+  end)
+
   it("matmul gives the same result with several threads", function()
     T.manual_seed(4)
     local a, b = T.randn(64, 64, { dtype = "float64" }), T.randn(64, 64, { dtype = "float64" })

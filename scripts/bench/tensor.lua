@@ -32,14 +32,21 @@ local function time_it(fn)
   return calls, elapsed
 end
 
+-- From ../shared/reference/FIGURES.md (same machine kind, one thread):
+-- OpenBLAS sgemm called directly, and PyTorch 1.13's Policy step.
+local OPENBLAS_GFLOPS = { ["512x512x512"] = 73.8, ["20x12288x512"] = 27.3 }
+local PYTORCH_POLICY_US = { [1] = 530, [10] = 548 }
+
 local function sgemm(m, k, n)
   T.manual_seed(1)
   local a, b = T.randn(m, k), T.randn(k, n)
   local calls, seconds = time_it(function() return T.mm(a, b) end)
+  local gflops = 2.0 * m * k * n * calls / seconds / 1e9
+  local reference = OPENBLAS_GFLOPS[("%dx%dx%d"):format(m, k, n)]
   common.emit("tensor.sgemm", {
     m = m, k = k, n = n, threads = T.get_num_threads(),
-    gflops = 2.0 * m * k * n * calls / seconds / 1e9,
-    ms_per_call = seconds / calls * 1e3,
+    gflops = gflops, ms_per_call = seconds / calls * 1e3,
+    openblas_direct_gflops = reference, of_openblas_direct = gflops / reference,
   })
 end
 
@@ -55,9 +62,11 @@ local function policy(batch)
     loss:backward()
     model:zero_grad()
   end)
+  local us = seconds / calls * 1e6
   common.emit("tensor.policy", {
-    batch = batch, steps = calls,
-    us_per_step = seconds / calls * 1e6,
+    batch = batch, steps = calls, us_per_step = us,
+    pytorch_us_per_step = PYTORCH_POLICY_US[batch],
+    speedup_over_pytorch = PYTORCH_POLICY_US[batch] / us,
   })
 end
 
