@@ -60,6 +60,11 @@ static int check_dim(lua_State *L, int i, const ember_tensor_t *t, int extra) {
   if (d == 0) {
     luaL_argerror(L, i, "dimension 0 does not exist: dimensions count from 1");
   }
+  if (d > EMBER_MAX_DIMS + 1 || d < -(EMBER_MAX_DIMS + 1)) {
+    luaL_argerror(L, i, lua_pushfstring(L, "dimension %I out of range for a "
+                                           "tensor of %d dimensions",
+                                        d, t->ndim));
+  }
   int dim = (int)(d > 0 ? d - 1 : d);
   if (ember_tensor_wrap_dim(&dim, t->ndim, extra) < 0) {
     luaL_argerror(L, i, ember_tensor_error());
@@ -80,10 +85,12 @@ static int64_t check_index(lua_State *L, int i) {
 
 static int check_shape_table(lua_State *L, int i, int64_t *shape) {
   luaL_checktype(L, i, LUA_TTABLE);
-  int n = (int)luaL_len(L, i);
-  if (n > EMBER_MAX_DIMS) {
-    luaL_argerror(L, i, "too many dimensions");
+  lua_Integer len = luaL_len(L, i);
+  if (len < 0 || len > EMBER_MAX_DIMS) {
+    luaL_argerror(L, i, lua_pushfstring(L, "a shape has 0 to %d sizes, not %I",
+                                        EMBER_MAX_DIMS, len));
   }
+  int n = (int)len;
   for (int k = 0; k < n; k++) {
     lua_geti(L, i, k + 1);
     int ok;
@@ -106,16 +113,20 @@ static ember_dtype_t opt_dtype(lua_State *L, int i, ember_dtype_t def) {
   return dtype;
 }
 
+/* Pushes t in a box the collector owns and returns it (borrowed): a
+** temporary that a later Lua error cannot leak. */
+static ember_tensor_t *anchor(lua_State *L, ember_tensor_t *t) {
+  push_tensor(L, t);
+  return t;
+}
+
 /* A tensor from index i, or a Lua number made into a 0-dim tensor like
-** `like` (the scalar's dtype rules are the C core's). Returns a new
-** reference either way. */
+** `like` (the scalar's dtype rules are the C core's). Borrowed: a new
+** tensor is anchored on the stack. */
 static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
                                         const ember_tensor_t *like) {
   ember_tensor_t *t = to_tensor(L, i);
-  if (t != NULL) {
-    ember_tensor_retain(t);
-    return t;
-  }
+  if (t != NULL) return t;
   if (lua_type(L, i) != LUA_TNUMBER && !lua_isboolean(L, i)) {
     luaL_typeerror(L, i, "tensor or number");
   }
@@ -124,10 +135,13 @@ static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
   else if (!lua_isinteger(L, i) && !ember_dtype_is_float(dtype)) {
     dtype = EMBER_FLOAT32;
   }
-  t = ember_tensor_new(NULL, 0, dtype, NULL);
-  if (t == NULL) luaL_error(L, "%s", ember_tensor_error());
-  ember_tensor_set(t, 0, lua_isboolean(L, i) ? lua_toboolean(L, i)
-                                              : lua_tonumber(L, i));
+  t = anchor(L, ember_tensor_new(NULL, 0, dtype, NULL));
+  if (dtype == EMBER_INT64 && lua_isinteger(L, i)) {
+    *(int64_t *)ember_tensor_data(t) = lua_tointeger(L, i); /* exact */
+  } else {
+    ember_tensor_set(t, 0, lua_isboolean(L, i) ? lua_toboolean(L, i)
+                                                : lua_tonumber(L, i));
+  }
   return t;
 }
 
@@ -216,7 +230,7 @@ static void scan_nested(lua_State *L, int index, int depth,
                luaL_typename(L, index));
   }
   if (depth >= EMBER_MAX_DIMS) luaL_error(L, "tensor: nested too deeply");
-  lua_Integer n = luaL_len(L, index);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, index);
   if (!*shape_known) {
     info->shape[depth] = n;
     if (n == 0) {
@@ -234,31 +248,33 @@ static void scan_nested(lua_State *L, int index, int depth,
   }
   luaL_checkstack(L, 4, "tensor: nested too deeply");
   for (lua_Integer k = 1; k <= n; k++) {
-    lua_geti(L, index, k);
+    lua_rawgeti(L, index, k);
     scan_nested(L, lua_gettop(L), depth + 1, info, shape_known);
     lua_pop(L, 1);
   }
 }
 
+/* Raw reads, as scan_nested's: what was measured is what is filled. */
 static void fill_nested(lua_State *L, int index, ember_tensor_t *t,
                         int64_t *flat) {
   if (lua_type(L, index) == LUA_TTABLE) {
-    int64_t n = (int64_t)luaL_len(L, index);
-    for (int64_t k = 1; k <= n; k++) {
-      lua_geti(L, index, k);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, index);
+    for (lua_Integer k = 1; k <= n; k++) {
+      lua_rawgeti(L, index, k);
       fill_nested(L, lua_gettop(L), t, flat);
       lua_pop(L, 1);
     }
     return;
   }
+  if (*flat >= ember_tensor_numel(t)) return;
   ember_tensor_t *inner = to_tensor(L, index);
-  double v = inner != NULL ? ember_tensor_get(inner, 0)
-             : lua_isboolean(L, index) ? lua_toboolean(L, index)
-                                       : lua_tonumber(L, index);
   if (t->dtype == EMBER_INT64 && inner == NULL && lua_isinteger(L, index)) {
     ((int64_t *)ember_tensor_data(t))[(*flat)++] = lua_tointeger(L, index);
     return;
   }
+  double v = inner != NULL ? ember_tensor_get(inner, 0)
+             : lua_isboolean(L, index) ? lua_toboolean(L, index)
+                                       : lua_tonumber(L, index);
   ember_tensor_set(t, (*flat)++, v);
 }
 
@@ -450,6 +466,9 @@ static int t_permute(lua_State *L) {
   int n = check_shape_table(L, 2, dims64);
   for (int i = 0; i < n; i++) {
     if (dims64[i] == 0) luaL_argerror(L, 2, "dimensions count from 1");
+    if (dims64[i] > EMBER_MAX_DIMS || dims64[i] < -EMBER_MAX_DIMS) {
+      luaL_argerror(L, 2, "dimension out of range");
+    }
     dims[i] = (int)(dims64[i] > 0 ? dims64[i] - 1 : dims64[i]);
   }
   push_tensor(L, ember_tensor_permute(t, dims, n));
@@ -679,8 +698,10 @@ static int join(lua_State *L, int stacked) {
   luaL_argcheck(L, len >= 1, 1, "expected a non-empty list of tensors");
   luaL_argcheck(L, len <= (1 << 24), 1, "too many tensors at once");
   int n = (int)len;
-  /* Scratch space the collector frees, also when an error unwinds. */
+  /* Scratch space the collector frees, also when an error unwinds, and a
+  ** table that keeps each element alive (an __index may make them anew). */
   ember_tensor_t **list = lua_newuserdatauv(L, sizeof *list * (size_t)n, 0);
+  lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
     list[i] = to_tensor(L, -1);
@@ -688,7 +709,7 @@ static int join(lua_State *L, int stacked) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "element %d is not a "
                                                     "tensor", i + 1));
     }
-    lua_pop(L, 1); /* still referenced by the list */
+    lua_rawseti(L, -2, i + 1);
   }
   int dim = 0;
   if (!lua_isnoneornil(L, 2)) {
@@ -703,7 +724,7 @@ static int join(lua_State *L, int stacked) {
 static int t_cat(lua_State *L) { return join(L, 0); }
 static int t_stack(lua_State *L) { return join(L, 1); }
 
-/* A 1-based index tensor made 0-based int64 (a new reference). */
+/* A 1-based index tensor made 0-based int64 (borrowed, anchored). */
 static ember_tensor_t *zero_based(lua_State *L, int i) {
   ember_tensor_t *index = check_tensor(L, i);
   if (ember_dtype_is_float(index->dtype) || index->dtype == EMBER_BOOL) {
@@ -718,17 +739,14 @@ static ember_tensor_t *zero_based(lua_State *L, int i) {
                           : NULL;
   ember_tensor_release(as64);
   ember_set_grad_enabled(was);
-  if (z == NULL) luaL_error(L, "%s", ember_tensor_error());
-  return z;
+  return anchor(L, z);
 }
 
 static int t_gather(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
   int dim = check_dim(L, 2, t, 0);
   ember_tensor_t *index = zero_based(L, 3);
-  ember_tensor_t *out = ember_tensor_gather(t, dim, index);
-  ember_tensor_release(index);
-  push_tensor(L, out);
+  push_tensor(L, ember_tensor_gather(t, dim, index));
   return 1;
 }
 
@@ -736,19 +754,13 @@ static int t_gather(lua_State *L) {
 static int t_scatter(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
   int dim = check_dim(L, 2, t, 0);
-  ember_tensor_t *src = tensor_or_scalar(L, 4, t);
+  int accumulate = lua_toboolean(L, 5);
   ember_tensor_t *index = zero_based(L, 3);
+  ember_tensor_t *src = tensor_or_scalar(L, 4, t);
   if (src->ndim == 0) { /* a number: broadcast it to the index's shape */
-    ember_tensor_t *full = ember_tensor_expand(src, index->shape, index->ndim);
-    ember_tensor_release(src);
-    src = full;
+    src = anchor(L, ember_tensor_expand(src, index->shape, index->ndim));
   }
-  ember_tensor_t *out = src != NULL ? ember_tensor_scatter(t, dim, index, src,
-                                                           lua_toboolean(L, 5))
-                                    : NULL;
-  ember_tensor_release(src);
-  ember_tensor_release(index);
-  push_tensor(L, out);
+  push_tensor(L, ember_tensor_scatter(t, dim, index, src, accumulate));
   return 1;
 }
 
@@ -756,22 +768,18 @@ static int t_index_select(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
   int dim = check_dim(L, 2, t, 0);
   ember_tensor_t *index = zero_based(L, 3);
-  ember_tensor_t *out = ember_tensor_index_select(t, dim, index);
-  ember_tensor_release(index);
-  push_tensor(L, out);
+  push_tensor(L, ember_tensor_index_select(t, dim, index));
   return 1;
 }
 
 /* where(cond, a, b): a and b tensors or numbers. */
 static int t_where(lua_State *L) {
   ember_tensor_t *cond = check_tensor(L, 1);
+  lua_settop(L, 3);
   ember_tensor_t *like = to_tensor(L, 2) ? to_tensor(L, 2) : to_tensor(L, 3);
   ember_tensor_t *a = tensor_or_scalar(L, 2, like);
   ember_tensor_t *b = tensor_or_scalar(L, 3, like != NULL ? like : a);
-  ember_tensor_t *out = ember_tensor_where(cond, a, b);
-  ember_tensor_release(a);
-  ember_tensor_release(b);
-  push_tensor(L, out);
+  push_tensor(L, ember_tensor_where(cond, a, b));
   return 1;
 }
 
@@ -786,10 +794,9 @@ static int t_multinomial(lua_State *L) {
 
 static int t_copy_(lua_State *L) {
   ember_tensor_t *dst = check_tensor(L, 1);
+  lua_settop(L, 2);
   ember_tensor_t *src = tensor_or_scalar(L, 2, dst);
-  int rc = ember_tensor_copy_(dst, src);
-  ember_tensor_release(src);
-  check_rc(L, rc);
+  check_rc(L, ember_tensor_copy_(dst, src));
   lua_settop(L, 1);
   return 1;
 }
@@ -811,10 +818,10 @@ static int t_zero_(lua_State *L) {
 /* dst op= alpha * src, src a tensor or number */
 static int binary_(lua_State *L, ember_binary_op_t op) {
   ember_tensor_t *dst = check_tensor(L, 1);
+  double alpha = luaL_optnumber(L, 3, 1);
+  lua_settop(L, 3);
   ember_tensor_t *src = tensor_or_scalar(L, 2, dst);
-  int rc = ember_tensor_binary_(op, dst, src, luaL_optnumber(L, 3, 1));
-  ember_tensor_release(src);
-  check_rc(L, rc);
+  check_rc(L, ember_tensor_binary_(op, dst, src, alpha));
   lua_settop(L, 1);
   return 1;
 }
@@ -992,15 +999,15 @@ static int t_newindex(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     int64_t i = check_index(L, 2);
-    ember_tensor_t *slot = t->ndim == 0 ? NULL : ember_tensor_select(t, 0, i);
-    if (slot == NULL) return luaL_error(L, "%s", t->ndim == 0
-                                                     ? "cannot index a 0-dim tensor"
-                                                     : ember_tensor_error());
     ember_tensor_t *src = to_tensor(L, 3);
+    /* Every check that can raise comes before the view is made. */
+    double value = src != NULL || lua_isboolean(L, 3) ? lua_toboolean(L, 3)
+                                                       : luaL_checknumber(L, 3);
+    if (t->ndim == 0) return luaL_error(L, "cannot index a 0-dim tensor");
+    ember_tensor_t *slot = ember_tensor_select(t, 0, i);
+    if (slot == NULL) return luaL_error(L, "%s", ember_tensor_error());
     int rc = src != NULL ? ember_tensor_copy_(slot, src)
-                         : ember_tensor_fill_(slot, lua_isboolean(L, 3)
-                                                        ? lua_toboolean(L, 3)
-                                                        : luaL_checknumber(L, 3));
+                         : ember_tensor_fill_(slot, value);
     ember_tensor_release(slot);
     check_rc(L, rc);
     return 0;
@@ -1008,12 +1015,21 @@ static int t_newindex(lua_State *L) {
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "grad") == 0) {
     ember_tensor_t *g = lua_isnil(L, 3) ? NULL : check_tensor(L, 3);
-    if (g != NULL && !ember_tensor_same_shape(g, t)) {
-      return luaL_error(L, "grad: assigned a gradient of another shape");
+    if (g != NULL && (!ember_tensor_same_shape(g, t) || g->dtype != t->dtype)) {
+      return luaL_error(L, "grad: a gradient must have the tensor's shape and "
+                           "dtype (%s)", ember_dtype_name(t->dtype));
     }
-    if (g != NULL) ember_tensor_retain(g);
+    /* Detached and private: backward adds into it in place, and a graph
+    ** kept here could hold the tensor itself (a cycle). */
+    ember_tensor_t *own = g != NULL ? ember_tensor_to(g, g->dtype, 1) : NULL;
+    if (own != NULL && own->grad_fn != NULL) {
+      ember_node_release(own->grad_fn);
+      own->grad_fn = NULL;
+      own->requires_grad = 0;
+    }
+    if (g != NULL && own == NULL) return luaL_error(L, "%s", ember_tensor_error());
     ember_tensor_release(t->grad);
-    t->grad = g;
+    t->grad = own;
     return 0;
   }
   if (strcmp(key, "requires_grad") == 0) {

@@ -104,6 +104,7 @@ static ember_storage_t *storage_new(size_t nbytes,
     return NULL;
   }
   atomic_init(&s->refs, 1);
+  s->version = 0;
   s->nbytes = nbytes;
   s->device = device;
   return s;
@@ -321,6 +322,10 @@ ember_tensor_t *ember_tensor_arange(double start, double end, double step,
     return NULL;
   }
   double count = ceil((end - start) / step);
+  if (count > (double)(INT64_C(1) << 40)) {
+    ember__tensor_fail(EMBER_EINVAL, "arange: %g elements are too many", count);
+    return NULL;
+  }
   int64_t n = count > 0 ? (int64_t)count : 0;
   ember_tensor_t *t = ember_tensor_new(&n, 1, dtype, NULL);
   if (t == NULL) return NULL;
@@ -487,8 +492,12 @@ ember_tensor_t *ember_tensor_multinomial(const ember_tensor_t *probs,
         goto fail;
       }
       if (taken != NULL) {
+        /* Summed afresh: subtracting loses small weights to rounding. */
         taken[j] = 1;
-        total -= ember_tensor_get(w, r * k + j);
+        total = 0;
+        for (int64_t i = 0; i < k; i++) {
+          if (!taken[i]) total += ember_tensor_get(w, r * k + i);
+        }
       }
       ((int64_t *)ember_tensor_data(out))[r * n + s] = j;
     }

@@ -496,29 +496,62 @@ static void gemm_naive(ember_tensor_t *out, const ember_tensor_t *a,
   }
 }
 
+/* A contiguous copy of m, for BLAS (NULL when out of memory). */
+static ember_tensor_t *packed(const ember_tensor_t *m) {
+  ember_tensor_t *c = ember_tensor_new(m->shape, 2, m->dtype, &ember_cpu_device);
+  if (c != NULL) cpu_copy(c, m);
+  return c;
+}
+
+static int fits_int(const ember_tensor_t *m) {
+  return m->shape[0] <= INT32_MAX && m->shape[1] <= INT32_MAX &&
+         m->strides[0] <= INT32_MAX && m->strides[1] <= INT32_MAX;
+}
+
+/* Operands that BLAS cannot take as they are (a broadcast gradient with
+** stride 0, a slice with odd strides) are packed first: a copy is far
+** cheaper than a loop over elements. */
 static int cpu_gemm(ember_tensor_t *out, const ember_tensor_t *a,
                     const ember_tensor_t *b, double alpha, double beta) {
   int ta, tb, lda, ldb, tc, ldc;
   int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
   if (m == 0 || n == 0) return 0;
-  if (!ember_dtype_is_float(out->dtype) || !blas_layout(a, &ta, &lda) ||
-      !blas_layout(b, &tb, &ldb) || !blas_layout(out, &tc, &ldc) || tc ||
-      k == 0) {
+  if (!ember_dtype_is_float(out->dtype) || k == 0 || !fits_int(a) ||
+      !fits_int(b) || !fits_int(out)) {
     gemm_naive(out, a, b, alpha, beta);
     return 0;
   }
-  if (out->dtype == EMBER_FLOAT32) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-                (float)alpha, ember_tensor_data(a), lda, ember_tensor_data(b),
-                ldb, (float)beta, ember_tensor_data(out), ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha,
-                ember_tensor_data(a), lda, ember_tensor_data(b), ldb, beta,
-                ember_tensor_data(out), ldc);
+  ember_tensor_t *ap = NULL, *bp = NULL, *op = NULL;
+  if (!blas_layout(a, &ta, &lda)) a = ap = packed(a);
+  if (a != NULL && !blas_layout(b, &tb, &ldb)) b = bp = packed(b);
+  ember_tensor_t *o = out;
+  if (a != NULL && b != NULL && (!blas_layout(out, &tc, &ldc) || tc)) {
+    o = op = packed(out); /* keeps out's values for beta */
   }
-  return 0;
+  int rc = 0;
+  if (a == NULL || b == NULL || o == NULL) {
+    rc = ember__tensor_fail(EMBER_ENOMEM, "out of memory packing a matrix");
+  } else {
+    blas_layout(a, &ta, &lda);
+    blas_layout(b, &tb, &ldb);
+    blas_layout(o, &tc, &ldc);
+    if (o->dtype == EMBER_FLOAT32) {
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                  tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
+                  (float)alpha, ember_tensor_data(a), lda, ember_tensor_data(b),
+                  ldb, (float)beta, ember_tensor_data(o), ldc);
+    } else {
+      cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                  tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
+                  alpha, ember_tensor_data(a), lda, ember_tensor_data(b), ldb,
+                  beta, ember_tensor_data(o), ldc);
+    }
+    if (op != NULL) cpu_copy(out, op);
+  }
+  ember_tensor_release(ap);
+  ember_tensor_release(bp);
+  ember_tensor_release(op);
+  return rc;
 }
 
 /* ---- Softmax ----------------------------------------------------------------- */

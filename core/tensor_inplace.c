@@ -52,6 +52,33 @@ ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t) {
 
 /* ---- In place ------------------------------------------------------------------------------ */
 
+/* A destination that repeats an element (an expanded view) would be
+** written several times from different sources. */
+static int check_distinct_elements(const ember_tensor_t *dst,
+                                   const char *what) {
+  for (int i = 0; i < dst->ndim; i++) {
+    if (dst->strides[i] == 0 && dst->shape[i] > 1) {
+      return ember__tensor_fail(EMBER_EINVAL,
+                                "%s: the destination is an expanded view "
+                                "whose elements share memory; clone() it "
+                                "first",
+                                what);
+    }
+  }
+  return 0;
+}
+
+/* src itself, or a copy of it when it shares memory with dst, so that
+** reading and writing do not overlap (a new reference either way). */
+static ember_tensor_t *apart_from(const ember_tensor_t *src,
+                                  const ember_tensor_t *dst) {
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *r = ember_tensor_to(src, src->dtype,
+                                      src->storage == dst->storage);
+  ember_set_grad_enabled(was);
+  return r;
+}
+
 int ember__begin_in_place(ember_tensor_t *dst, const char *what) {
   if (ember_grad_enabled() && dst->grad_fn != NULL) {
     return ember__tensor_fail(
@@ -73,16 +100,20 @@ int ember__begin_in_place(ember_tensor_t *dst, const char *what) {
 }
 
 int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
-  if (ember__begin_in_place(dst, "copy_") < 0) return EMBER_EINVAL;
-  ember_tensor_t *v = ember_tensor_expand(src, dst->shape, dst->ndim);
+  char a[128], b[128];
+  if (check_distinct_elements(dst, "copy_") < 0) return EMBER_EINVAL;
+  ember_tensor_t *apart = apart_from(src, dst);
+  if (apart == NULL) return EMBER_ENOMEM;
+  ember_tensor_t *v = ember_tensor_expand(apart, dst->shape, dst->ndim);
+  ember_tensor_release(apart);
   if (v == NULL) {
-    char a[128], b[128];
     return ember__tensor_fail(
         EMBER_EINVAL, "copy_: source of shape %s does not broadcast to %s",
         ember_shape_string(src->shape, src->ndim, a, sizeof a),
         ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
   }
-  int rc = dst->storage->device->copy(dst, v);
+  int rc = ember__begin_in_place(dst, "copy_");
+  if (rc == 0) rc = dst->storage->device->copy(dst, v);
   ember_tensor_release(v);
   return rc;
 }
@@ -92,10 +123,35 @@ int ember_tensor_fill_(ember_tensor_t *dst, double value) {
   return dst->storage->device->fill(dst, value);
 }
 
+/* src in dst's dtype, times alpha, broadcast to dst's shape. */
+static ember_tensor_t *operand_for(const ember_tensor_t *dst,
+                                   const ember_tensor_t *src, double alpha) {
+  char a[128], b[128];
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *s = apart_from(src, dst);
+  ember_tensor_t *typed = s != NULL ? ember_tensor_to(s, dst->dtype, 0) : NULL;
+  ember_tensor_release(s);
+  s = typed;
+  if (s != NULL && alpha != 1) {
+    ember_tensor_t *scaled = ember_tensor_unary(EMBER_OP_AXPB, s, alpha, 0);
+    ember_tensor_release(s);
+    s = scaled;
+  }
+  ember_tensor_t *v = s != NULL ? ember_tensor_expand(s, dst->shape, dst->ndim)
+                                : NULL;
+  ember_set_grad_enabled(was);
+  if (s != NULL && v == NULL) {
+    ember__tensor_fail(EMBER_EINVAL,
+                       "in-place op: shape %s does not broadcast to %s",
+                       ember_shape_string(src->shape, src->ndim, a, sizeof a),
+                       ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
+  }
+  ember_tensor_release(s);
+  return v;
+}
+
 int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
                          const ember_tensor_t *src, double alpha) {
-  char a[128], b[128];
-  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
   if (is_comparison(op)) {
     return ember__tensor_fail(EMBER_EINVAL, "comparisons have no in-place form");
   }
@@ -107,50 +163,40 @@ int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
                               ember_dtype_name(EMBER_FLOAT32),
                               ember_dtype_name(dst->dtype));
   }
-  int was = ember_set_grad_enabled(0);
-  ember_tensor_t *scaled = NULL;
-  ember_tensor_t *s = ember_tensor_to(src, dst->dtype, 0);
-  if (s != NULL && alpha != 1) {
-    scaled = ember_tensor_unary(EMBER_OP_AXPB, s, alpha, 0);
-    ember_tensor_release(s);
-    s = scaled;
+  if (dst->dtype == EMBER_BOOL) { /* logical or / and, as out of place */
+    if (op == EMBER_OP_ADD) op = EMBER_OP_MAXIMUM;
+    else if (op == EMBER_OP_MUL) op = EMBER_OP_MINIMUM;
+    else if (op != EMBER_OP_MAXIMUM && op != EMBER_OP_MINIMUM) {
+      return ember__tensor_fail(EMBER_EINVAL, "in-place op: not defined for a "
+                                              "bool tensor");
+    }
   }
-  ember_tensor_t *v = s != NULL ? ember_tensor_expand(s, dst->shape, dst->ndim)
-                                : NULL;
-  ember_set_grad_enabled(was);
-  int rc;
-  if (v == NULL) {
-    rc = s == NULL ? EMBER_ENOMEM
-                   : ember__tensor_fail(
-                         EMBER_EINVAL,
-                         "in-place op: shape %s does not broadcast to %s",
-                         ember_shape_string(src->shape, src->ndim, a, sizeof a),
-                         ember_shape_string(dst->shape, dst->ndim, b, sizeof b));
-  } else {
-    rc = dst->storage->device->binary(op, dst, dst, v);
-  }
+  if (check_distinct_elements(dst, "in-place op") < 0) return EMBER_EINVAL;
+  ember_tensor_t *v = operand_for(dst, src, alpha);
+  if (v == NULL) return EMBER_EINVAL;
+  int rc = ember__begin_in_place(dst, "in-place op");
+  if (rc == 0) rc = dst->storage->device->binary(op, dst, dst, v);
   ember_tensor_release(v);
-  ember_tensor_release(s);
   return rc;
 }
 
 int ember_tensor_unary_(ember_unary_op_t op, ember_tensor_t *dst, double arg0,
                         double arg1) {
-  if (ember__begin_in_place(dst, "in-place op") < 0) return EMBER_EINVAL;
   if (op == EMBER_OP_NOT ||
       (!ember_dtype_is_float(dst->dtype) && !keeps_integers(op))) {
     return ember__tensor_fail(EMBER_EINVAL, "in-place op: not defined for a "
                                             "%s tensor",
                               ember_dtype_name(dst->dtype));
   }
+  if (check_distinct_elements(dst, "in-place op") < 0 ||
+      ember__begin_in_place(dst, "in-place op") < 0) {
+    return EMBER_EINVAL;
+  }
   return dst->storage->device->unary(op, dst, dst, arg0, arg1);
 }
 
 int ember_tensor_addc_(ember_tensor_t *dst, const ember_tensor_t *a,
                        const ember_tensor_t *b, double value, int div) {
-  if (ember__begin_in_place(dst, div ? "addcdiv_" : "addcmul_") < 0) {
-    return EMBER_EINVAL;
-  }
   int was = ember_set_grad_enabled(0);
   ember_tensor_t *t = ember_tensor_binary(div ? EMBER_OP_DIV : EMBER_OP_MUL, a,
                                           b);

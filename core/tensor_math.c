@@ -80,18 +80,33 @@ static int binary_backward(ember_node_t *node, const ember_tensor_t *g,
       grads_in[1] = un(EMBER_OP_NEG, keep(&s, bin(EMBER_OP_MUL, g, q2)), 0, 0);
     }
     break;
-  case EMBER_OP_POW:
+  case EMBER_OP_POW: {
+    /* PyTorch's conventions at the edges: no gradient for the base where
+    ** the exponent is 0 (0^0), none for the exponent where the base is 0
+    ** and the exponent not negative; else the formulas give NaN. */
+    ember_tensor_t *zero = keep(&s, ember_tensor_new(NULL, 0, g->dtype,
+                                                     g->storage->device));
     if (wants(node, 0)) { /* g * b * a^(b-1) */
       ember_tensor_t *bm1 = keep(&s, bin_s(EMBER_OP_SUB, b, 1));
       ember_tensor_t *p = keep(&s, bin(EMBER_OP_POW, a, bm1));
-      grads_in[0] = bin(EMBER_OP_MUL, g, keep(&s, bin(EMBER_OP_MUL, b, p)));
+      ember_tensor_t *d = keep(&s, bin(EMBER_OP_MUL, g,
+                                       keep(&s, bin(EMBER_OP_MUL, b, p))));
+      ember_tensor_t *b0 = keep(&s, bin_s(EMBER_OP_EQ, b, 0));
+      grads_in[0] = d != NULL && b0 != NULL && zero != NULL
+                        ? ember_tensor_where(b0, zero, d) : NULL;
     }
     if (wants(node, 1)) { /* g * a^b * log(a) */
       ember_tensor_t *p = keep(&s, bin(EMBER_OP_POW, a, b));
       ember_tensor_t *l = keep(&s, un(EMBER_OP_LOG, a, 0, 0));
-      grads_in[1] = bin(EMBER_OP_MUL, g, keep(&s, bin(EMBER_OP_MUL, p, l)));
+      ember_tensor_t *d = keep(&s, bin(EMBER_OP_MUL, g,
+                                       keep(&s, bin(EMBER_OP_MUL, p, l))));
+      ember_tensor_t *edge = keep(&s, bin(EMBER_OP_MUL,
+          keep(&s, bin_s(EMBER_OP_EQ, a, 0)), keep(&s, bin_s(EMBER_OP_GE, b, 0))));
+      grads_in[1] = d != NULL && edge != NULL && zero != NULL
+                        ? ember_tensor_where(edge, zero, d) : NULL;
     }
     break;
+  }
   case EMBER_OP_MAXIMUM:
   case EMBER_OP_MINIMUM: {
     /* The winner takes the gradient; a tie splits it, as in PyTorch. */

@@ -123,7 +123,7 @@ static ember_tensor_t *batched_matmul(const ember_tensor_t *a,
                          ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
       return NULL;
     }
-    shape[i] = x > y ? x : y;
+    shape[i] = x == 1 ? y : x;
   }
   int64_t batch = 1;
   for (int i = 0; i < nb; i++) batch *= shape[i];

@@ -36,27 +36,55 @@ static int permute_backward(ember_node_t *node, const ember_tensor_t *grad,
   return grads_in[0] != NULL ? 0 : EMBER_ENOMEM;
 }
 
-/* Zeros shaped like the input, with grad written where the view was:
-** ints[0] = dim, ints[1] = start, ints[2] = length (-1: select). */
+/*
+** The gradient of a slice (narrow or select) is zero outside the slice. An
+** LSTM takes one slice per time step of the same input, so building a
+** full-size gradient per slice and summing them would cost O(steps^2).
+** Instead the slice's gradient is added straight into the input's pending
+** gradient (or the leaf's .grad), created once as zeros. The buffer is
+** copied first if anything else holds it, so no one sees it change.
+** ints[0] = dim, ints[1] = start, ints[2] = length (-1: select).
+*/
 static int slice_backward(ember_node_t *node, const ember_tensor_t *grad,
                           ember_tensor_t **grads_in) {
   const ember_edge_t *e = &node->edges[0];
-  ember_tensor_t *full = ember_tensor_new(e->shape, e->ndim, grad->dtype,
-                                          grad->storage->device);
-  if (full == NULL) return EMBER_ENOMEM;
-  int dim = (int)node->ints[0];
-  ember_tensor_t *slot =
-      node->ints[2] < 0
-          ? ember_tensor_select(full, dim, node->ints[1])
-          : ember_tensor_narrow(full, dim, node->ints[1], node->ints[2]);
-  int rc = slot != NULL ? ember_tensor_copy_(slot, grad) : EMBER_ENOMEM;
-  ember_tensor_release(slot);
-  if (rc < 0) {
-    ember_tensor_release(full);
-    return rc;
+  ember_tensor_t **slot = e->leaf != NULL ? &e->leaf->grad : &e->node->grad;
+  ember_tensor_t *buffer = *slot;
+  int owned = buffer != NULL && buffer->dtype == e->dtype &&
+              buffer->ndim == e->ndim &&
+              memcmp(buffer->shape, e->shape,
+                     sizeof(int64_t) * (size_t)e->ndim) == 0 &&
+              (e->leaf != NULL ||
+               (buffer->refs == 1 && atomic_load(&buffer->storage->refs) == 1));
+  if (buffer != NULL && !owned) {
+    ember_tensor_t *copy = ember_tensor_to(buffer, e->dtype, 1);
+    if (copy == NULL) return EMBER_ENOMEM;
+    if (copy->ndim != e->ndim ||
+        memcmp(copy->shape, e->shape, sizeof(int64_t) * (size_t)e->ndim)) {
+      ember_tensor_t *shaped = ember_tensor_reshape(copy, e->shape, e->ndim, 0);
+      ember_tensor_release(copy);
+      if (shaped == NULL) return EMBER_EINVAL;
+      copy = shaped;
+    }
+    ember_tensor_release(buffer);
+    *slot = buffer = copy;
   }
-  grads_in[0] = full;
-  return 0;
+  if (buffer == NULL) {
+    buffer = ember_tensor_new(e->shape, e->ndim, e->dtype,
+                              grad->storage->device);
+    if (buffer == NULL) return EMBER_ENOMEM;
+    *slot = buffer;
+  }
+  int dim = (int)node->ints[0];
+  ember_tensor_t *view =
+      node->ints[2] < 0
+          ? ember_tensor_select(buffer, dim, node->ints[1])
+          : ember_tensor_narrow(buffer, dim, node->ints[1], node->ints[2]);
+  int rc = view != NULL ? ember_tensor_binary_(EMBER_OP_ADD, view, grad, 1.0)
+                        : EMBER_ENOMEM;
+  ember_tensor_release(view);
+  grads_in[0] = NULL; /* already delivered */
+  return rc;
 }
 
 static const ember_node_kind_t view_kind = {"ViewBackward0", reshape_backward};
@@ -101,6 +129,9 @@ static int infer_shape(const ember_tensor_t *t, const int64_t *shape,
       infer = i;
     } else if (shape[i] < 0) {
       return ember__tensor_fail(EMBER_EINVAL, "invalid shape %s",
+                                ember_shape_string(shape, ndim, a, sizeof a));
+    } else if (shape[i] != 0 && known > INT64_MAX / shape[i]) {
+      return ember__tensor_fail(EMBER_EINVAL, "shape %s is too large",
                                 ember_shape_string(shape, ndim, a, sizeof a));
     } else {
       known *= shape[i];
@@ -249,7 +280,8 @@ ember_tensor_t *ember_tensor_narrow(const ember_tensor_t *t, int dim,
                                     int64_t start, int64_t length) {
   if (ember_tensor_wrap_dim(&dim, t->ndim, 0) < 0) return NULL;
   if (start < 0) start += t->shape[dim];
-  if (start < 0 || length < 0 || start + length > t->shape[dim]) {
+  if (start < 0 || length < 0 || start > t->shape[dim] ||
+      length > t->shape[dim] - start) {
     ember__tensor_fail(EMBER_EINVAL,
                        "narrow: start %lld and length %lld are out of range "
                        "for dimension %d of size %lld",
@@ -708,6 +740,17 @@ ember_tensor_t *ember_tensor_index_select(const ember_tensor_t *x, int dim,
   ember_tensor_t *out = ember_tensor_new(shape, x->ndim, x->dtype,
                                          x->storage->device);
   if (out == NULL) return NULL;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t at = ember_tensor_get_int(index, i);
+    if (at < 0 || at >= x->shape[dim]) {
+      ember_tensor_release(out);
+      ember__tensor_fail(EMBER_EINVAL,
+                         "index_select: index %lld is out of range for "
+                         "dimension %d of size %lld",
+                         (long long)at + 1, dim + 1, (long long)x->shape[dim]);
+      return NULL;
+    }
+  }
   int was = ember_set_grad_enabled(0);
   int rc = 0;
   for (int64_t i = 0; rc == 0 && i < n; i++) {

@@ -818,3 +818,26 @@ describe("autograd of a small network", function()
     end, { w1, b1, w2, b2 })
   end)
 end)
+
+describe("autograd edge cases", function()
+  it("gives 0^0 and a zero base PyTorch's gradients, not NaN", function()
+    local a = leaf { 0.0, 2.0 }
+    local b = leaf { 0.0, 3.0 }
+    T.pow(a, b):sum():backward()
+    close({ 0, 12 }, a.grad)
+    close({ 0, 8 * math.log(2) }, b.grad)
+  end)
+
+  it("adds the gradients of many slices of one tensor", function()
+    local x = rand_leaf({ 50, 3 }, -1, 1, 7)
+    local total
+    for i = 1, 50 do
+      local part = (x:select(1, i) * i):sum()
+      total = total and total + part or part
+    end
+    total:backward()
+    for i = 1, 50 do
+      close({ i, i, i }, x.grad:select(1, i))
+    end
+  end)
+end)

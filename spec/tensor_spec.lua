@@ -1093,3 +1093,115 @@ describe("tensor threads", function()
     assert.is_true(T.allclose(one, four, 1e-12, 1e-12))
   end)
 end)
+
+-- ---- Hostile and edge inputs ------------------------------------------------------
+-- Each of these once read or wrote outside a tensor's memory, leaked, or
+-- gave a silently wrong answer.
+
+describe("tensor robustness", function()
+  it("refuses a narrow whose length overflows", function()
+    assert.matches("out of range", error_of(function()
+      return T.zeros(4):narrow(1, 2, math.maxinteger)
+    end))
+  end)
+
+  it("refuses a view whose sizes multiply past 64 bits", function()
+    assert.matches("too large", error_of(function()
+      return T.tensor(1.0):view(7, 7905747460161236407)
+    end))
+  end)
+
+  it("refuses a shape table with a negative length", function()
+    local weird = setmetatable({}, { __len = function() return -1 end })
+    assert.matches("0 to 8 sizes", error_of(function() return T.zeros(2):view(weird) end))
+  end)
+
+  it("keeps cat's elements alive when the list makes them on the fly", function()
+    local proxy = setmetatable({}, {
+      __len = function() return 3 end,
+      __index = function(_, i) collectgarbage() return T.full({ 1 }, i) end,
+    })
+    check(T.cat(proxy), { 1, 2, 3 })
+  end)
+
+  it("fills a nested table by what it measured, not what __len says later", function()
+    local calls = 0
+    local row = setmetatable({ 1, 2 }, { __len = function()
+      calls = calls + 1
+      return calls == 1 and 2 or 1000
+    end })
+    check(T.tensor({ row, { 3, 4 } }), { { 1, 2 }, { 3, 4 } }, { exact = true })
+  end)
+
+  it("rejects index 0 and negative indices in index_select", function()
+    local m = T.tensor { { 1, 2 }, { 3, 4 }, { 5, 6 } }
+    assert.matches("out of range", error_of(function() return m:index_select(1, T.tensor { 0 }) end))
+    assert.matches("out of range", error_of(function() return m:index_select(1, T.tensor { -1 }) end))
+  end)
+
+  it("multiplies broadcast (stride 0) operands through BLAS correctly", function()
+    local a = T.ones(1, 3):expand(4, 3)
+    local b = T.tensor { { 1.0, 2.0 }, { 3.0, 4.0 }, { 5.0, 6.0 } }
+    check(T.mm(a, b), { { 9, 12 }, { 9, 12 }, { 9, 12 }, { 9, 12 } })
+    check(T.mm(b:t(), T.ones(3, 1):expand(3, 2)), { { 9, 9 }, { 12, 12 } })
+  end)
+
+  it("reads a source that overlaps the destination before writing", function()
+    local x = T.tensor { { 1.0, 2.0 }, { 3.0, 4.0 } }
+    x:add_(x:t())
+    check(x, { { 2, 5 }, { 5, 8 } })
+    local y = T.tensor { 1.0, 2.0, 3.0 }
+    y:narrow(1, 2, 2):copy_(y:narrow(1, 1, 2))
+    check(y, { 1, 1, 2 })
+  end)
+
+  it("refuses to write through an expanded view", function()
+    assert.matches("expanded", error_of(function()
+      return T.zeros(1):expand(4):add_(T.ones(4))
+    end))
+  end)
+
+  it("keeps bool tensors boolean under add_ and mul_", function()
+    local m = T.tensor { true, false }
+    m:add_(m)
+    assert.same({ true, false }, m:totable())
+    assert.equal(1, m:sum():item())
+  end)
+
+  it("draws without replacement even when some weights are tiny", function()
+    local draw = T.tensor { 1.0, 1e-20, 1e-20 }:multinomial(2)
+    assert.equal(1, draw[1])
+    assert.is_true(draw[2] == 2 or draw[2] == 3)
+  end)
+
+  it("multiplies an empty batch", function()
+    assert.same({ 0, 2, 4 }, T.ones(0, 2, 3):matmul(T.ones(3, 4)):size())
+  end)
+
+  it("stores an assigned .grad detached and checks its shape and dtype", function()
+    local p = T.ones(2, { requires_grad = true })
+    p.grad = p * 2
+    assert.is_nil(p.grad.grad_fn)
+    check(p.grad, { 2, 2 })
+    assert.matches("shape and dtype", error_of(function() p.grad = T.ones(3) end))
+  end)
+
+  it("refuses split sizes and chunk counts below 1", function()
+    assert.matches("size must be", error_of(function() return T.ones(3):split(0) end))
+    assert.matches("chunks must be", error_of(function() return T.ones(3):chunk(0) end))
+  end)
+
+  it("raises for bad arguments after making temporaries, without leaking them", function()
+    -- Under AddressSanitizer a leak here fails the run.
+    local x = T.zeros(3, 3)
+    assert.has_error(function() return T.scatter(x, 1, T.tensor { { 1.5 } }, 2.0) end)
+    assert.has_error(function() return T.where(x:gt(0), x, "nope") end)
+    assert.has_error(function() x:add_(1.5, "nope") end)
+    assert.has_error(function() x[1] = "nope" end)
+    collectgarbage()
+  end)
+
+  it("refuses a dimension far out of range instead of wrapping it", function()
+    assert.matches("out of range", error_of(function() return T.ones(2, 2):sum(4294967297) end))
+  end)
+end)

@@ -364,6 +364,10 @@ T.norm = methods.norm
 
 -- chunk(n, dim) / split(size, dim) / unbind(dim): lists of views.
 function methods.split(t, size, dim)
+  if math.type(size) ~= "integer" or size < 1 then
+    error(("split: size must be an integer >= 1, got %s"):format(
+      tostring(size)), 2)
+  end
   dim = dim or 1
   local total, parts, start = C.size(t, dim), {}, 1
   while start <= total do
@@ -375,6 +379,10 @@ function methods.split(t, size, dim)
 end
 
 function methods.chunk(t, n, dim)
+  if math.type(n) ~= "integer" or n < 1 then
+    error(("chunk: the number of chunks must be an integer >= 1, got %s")
+      :format(tostring(n)), 2)
+  end
   local total = C.size(t, dim or 1)
   return methods.split(t, math.max(1, (total + n - 1) // n), dim)
 end
