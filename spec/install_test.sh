@@ -17,7 +17,10 @@ lua5.4 -e 'assert(package.path:find("/usr/local/share/lua/5.4/?.lua", 1, true))
            assert(package.cpath:find("/usr/local/lib/lua/5.4/?.so", 1, true))'
 
 # A sanitizer build's module needs the runtime loaded before lua5.4 starts.
-if ldd "$prefix/lib/lua/5.4/ember/core.so" | grep -q libasan; then
+# (ldd's output is read whole: `grep -q` would stop early, and under
+# pipefail ldd's SIGPIPE would then read as "no match".)
+libs=$(ldd "$prefix/lib/lua/5.4/ember/core.so")
+if [[ $libs == *libasan* ]]; then
   export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
 fi
 export LUA_PATH="$prefix/share/lua/5.4/?.lua;$prefix/share/lua/5.4/?/init.lua"
@@ -26,5 +29,6 @@ out=$(lua5.4 -e 'local e = require "ember"
   local f = e.after(0.001, function() return "installed ok" end)
   print(f:wait())')
 [[ $out == "installed ok" ]] || { echo "lua5.4 with the installed module printed: $out"; exit 1; }
-"$prefix/bin/ember" --version | grep -q '^ember ' || { echo "installed ember does not run"; exit 1; }
+version=$("$prefix/bin/ember" --version)
+[[ $version == "ember "* ]] || { echo "installed ember does not run"; exit 1; }
 echo "install layout ok"
