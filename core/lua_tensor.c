@@ -1021,12 +1021,7 @@ static int t_newindex(lua_State *L) {
     }
     /* Detached and private: backward adds into it in place, and a graph
     ** kept here could hold the tensor itself (a cycle). */
-    ember_tensor_t *own = g != NULL ? ember_tensor_to(g, g->dtype, 1) : NULL;
-    if (own != NULL && own->grad_fn != NULL) {
-      ember_node_release(own->grad_fn);
-      own->grad_fn = NULL;
-      own->requires_grad = 0;
-    }
+    ember_tensor_t *own = g != NULL ? ember_tensor_copy_detached(g) : NULL;
     if (g != NULL && own == NULL) return luaL_error(L, "%s", ember_tensor_error());
     ember_tensor_release(t->grad);
     t->grad = own;

@@ -219,6 +219,8 @@ ember_tensor_t *ember_tensor_eye(int64_t n, ember_dtype_t dtype);
 ember_tensor_t *ember_tensor_to(const ember_tensor_t *t, ember_dtype_t dtype,
                                 int copy);
 ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t);
+/* A contiguous copy that autograd does not record (a fresh leaf). */
+ember_tensor_t *ember_tensor_copy_detached(const ember_tensor_t *t);
 /* Element access by flat row-major position (through strides). */
 double ember_tensor_get(const ember_tensor_t *t, int64_t flat);
 int ember_tensor_set(ember_tensor_t *t, int64_t flat, double value);

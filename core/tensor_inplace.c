@@ -50,6 +50,13 @@ ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t) {
   return ember_tensor_to(t, t->dtype, !ember_tensor_is_contiguous(t));
 }
 
+ember_tensor_t *ember_tensor_copy_detached(const ember_tensor_t *t) {
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *copy = ember_tensor_to(t, t->dtype, 1);
+  ember_set_grad_enabled(was);
+  return copy;
+}
+
 /* ---- In place ------------------------------------------------------------------------------ */
 
 /* A destination that repeats an element (an expanded view) would be
@@ -72,11 +79,9 @@ static int check_distinct_elements(const ember_tensor_t *dst,
 ** reading and writing do not overlap (a new reference either way). */
 static ember_tensor_t *apart_from(const ember_tensor_t *src,
                                   const ember_tensor_t *dst) {
-  int was = ember_set_grad_enabled(0);
-  ember_tensor_t *r = ember_tensor_to(src, src->dtype,
-                                      src->storage == dst->storage);
-  ember_set_grad_enabled(was);
-  return r;
+  if (src->storage == dst->storage) return ember_tensor_copy_detached(src);
+  ember_tensor_retain((ember_tensor_t *)src);
+  return (ember_tensor_t *)src;
 }
 
 int ember__begin_in_place(ember_tensor_t *dst, const char *what) {

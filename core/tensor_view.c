@@ -662,16 +662,9 @@ ember_tensor_t *ember_tensor_scatter(const ember_tensor_t *x, int dim,
                        ember_shape_string(src->shape, src->ndim, b, sizeof b));
     return NULL;
   }
-  ember_tensor_t *out = ember_tensor_to(x, x->dtype, 1);
+  ember_tensor_t *out = ember_tensor_copy_detached(x);
   if (out == NULL) return NULL;
-  ember_tensor_t *out_detached = out;
-  if (out->grad_fn != NULL) { /* the copy's node is replaced below */
-    ember_node_release(out->grad_fn);
-    out->grad_fn = NULL;
-    out->requires_grad = 0;
-  }
-  if (out->storage->device->scatter(out_detached, dim, index, src,
-                                    accumulate) < 0) {
+  if (out->storage->device->scatter(out, dim, index, src, accumulate) < 0) {
     ember_tensor_release(out);
     return NULL;
   }
