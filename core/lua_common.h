@@ -10,6 +10,7 @@
 
 #include "future.h"
 #include "loop.h"
+#include "wire.h"
 
 /*
 ** One per Lua state that loaded ember.core; it lives in a full userdata that
@@ -56,8 +57,35 @@ ember_future_t *ember__lua_check_future(lua_State *L, int index);
 /* The task whose Lua code is running now, or NULL (signal-safe to read). */
 lua_State *ember__lua_running_task(void);
 
+/* --- Values on the wire (lua_wire.c) ------------------------------------- */
+
+/* Pushes a new, empty message as a userdata whose __gc frees it, so an error
+** raised while encoding leaks nothing. */
+ember_wire_msg_t *ember__lua_push_msg(lua_State *L);
+
+/*
+** Encodes the Lua value at `index` as one msgpack value appended to msg's
+** body, its tensors as msg's payloads. A value that cannot travel raises an
+** error naming its path from `root` ("args[2].foo: cannot send a userdata").
+*/
+void ember__lua_wire_encode(lua_State *L, int index, ember_wire_msg_t *msg,
+                            const char *root);
+
+/*
+** Checks `body` against the limits, then pushes the value it holds. `payloads`
+** are the frame's received tensors (1-D uint8, borrowed). Raises a clear
+** error on malformed input (bad payload index, size mismatch, unknown class).
+*/
+void ember__lua_wire_decode(lua_State *L, const char *body, size_t len,
+                            ember_tensor_t *const *payloads, uint32_t count,
+                            const ember_wire_limits_t *limits);
+
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
 void ember__lua_open_tensor(lua_State *L);
+void ember__lua_open_wire(lua_State *L);
+void ember__lua_open_store(lua_State *L);
+void ember__lua_open_launch(lua_State *L);
+void ember__lua_open_rpc(lua_State *L);
 
 #endif

@@ -246,5 +246,9 @@ int luaopen_ember_core(lua_State *L) {
   lua_setfield(L, 2, "Error");
   ember__lua_open_future(L);
   ember__lua_open_tensor(L);
+  ember__lua_open_wire(L);
+  ember__lua_open_store(L);
+  ember__lua_open_launch(L);
+  ember__lua_open_rpc(L);
   return 1;
 }

@@ -1,0 +1,2 @@
+/* Placeholder: filled in by the RPC core work. */
+typedef int ember_placeholder_agent;

@@ -1,0 +1,4 @@
+/* Placeholder: filled in by the RPC core work. */
+#include "lua_common.h"
+
+void ember__lua_open_launch(lua_State *L) { (void)L; }
