@@ -16,7 +16,9 @@
   X(BUSY, -5004, "the loop is already running")                                \
   X(FAILED, -5005, "the operation failed")                                     \
   X(PEERLOST, -5006, "the peer was lost")                                      \
-  X(NOCUDA, -5007, "ember was built without CUDA")
+  X(NOCUDA, -5007, "ember was built without CUDA")                           \
+  X(REMOTE, -5008, "the remote function raised an error")                     \
+  X(SHUTDOWN, -5009, "the RPC agent was shut down")
 
 typedef enum {
 #define EMBER_ERRNO_ENUM(name, value, message) EMBER_E##name = value,

@@ -30,6 +30,7 @@ typedef struct {
   ember_handle_owner_t owner;
   uv_timer_t handle;
   ember_future_t *future;
+  int fired;
 } loop_timer_t;
 
 static ember_handle_owner_t wakeup_owner = {NULL};
@@ -167,8 +168,20 @@ static void timer_close_cb(uv_handle_t *handle) {
 
 static void timer_fire_cb(uv_timer_t *handle) {
   loop_timer_t *timer = handle->data;
+  timer->fired = 1;
   ember_future_set_result(timer->future, NULL, NULL);
   uv_close((uv_handle_t *)handle, timer_close_cb);
+}
+
+/* Someone completed the timer's future first: that cancels the timer, so it
+** no longer keeps the loop running. */
+static void timer_future_cb(ember_future_t *future, void *arg) {
+  loop_timer_t *timer = arg;
+  if (future != NULL && !timer->fired &&
+      !uv_is_closing((uv_handle_t *)&timer->handle)) {
+    timer->fired = 1;
+    uv_close((uv_handle_t *)&timer->handle, timer_close_cb);
+  }
 }
 
 int ember_loop_timer(ember_loop_t *loop, uint64_t ms, ember_future_t **out) {
@@ -184,6 +197,11 @@ int ember_loop_timer(ember_loop_t *loop, uint64_t ms, ember_future_t **out) {
   uv_timer_init(&loop->uv, &timer->handle);
   timer->handle.data = timer;
   if ((err = uv_timer_start(&timer->handle, timer_fire_cb, ms, 0)) != 0) {
+    uv_close((uv_handle_t *)&timer->handle, timer_close_cb);
+    return err;
+  }
+  if ((err = ember_future_add_callback(timer->future, timer_future_cb,
+                                       timer)) != 0) {
     uv_close((uv_handle_t *)&timer->handle, timer_close_cb);
     return err;
   }

@@ -57,6 +57,7 @@ int ember_loop_run(ember_loop_t *loop);
 /*
 ** A future that completes (with no payload) after `ms` milliseconds. The
 ** caller owns the returned reference. The pending timer keeps the loop alive.
+** Completing the future early (set_result) cancels the timer.
 */
 int ember_loop_timer(ember_loop_t *loop, uint64_t ms, ember_future_t **out);
 

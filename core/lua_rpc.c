@@ -1,4 +1,434 @@
-/* Placeholder: filled in by the RPC core work. */
+/*
+** Lua bindings for the RPC agent: an Agent userdata that sends calls, hands
+** requests to a Lua handler and sends its answers, plus the reply payload
+** that futures of calls hold (decoded when Lua reads it).
+**
+** The policy (names, rendezvous, what a request runs, shutdown) is in
+** lua/ember/rpc.lua; this file moves bytes between Lua values and the agent.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "error.h"
 #include "lua_common.h"
 
-void ember__lua_open_rpc(lua_State *L) { (void)L; }
+#define AGENT_METATABLE "ember.Agent"
+#define FRAME_METATABLE "ember.Frame"
+
+typedef struct {
+  ember_agent_t *agent; /* NULL once closed */
+  ember_lua_ctx_t *ctx;
+  int request_ref; /* Lua handler(peer, id, ok, fn_or_error, args) */
+  int lost_ref;    /* Lua handler(peer, why) */
+  ember_wire_limits_t limits;
+} agent_box_t;
+
+/* Decoding replies needs the limits; one agent per state is the rule. */
+static ember_wire_limits_t reply_limits;
+
+/* --- Replies ------------------------------------------------------------------ */
+
+static void push_reply(lua_State *L, void *data) {
+  ember_reply_t *reply = data;
+  ember__lua_wire_decode(L, reply->frame.body, reply->frame.header.body_len,
+                         reply->frame.payloads, reply->frame.header.tensor_count,
+                         &reply_limits);
+}
+
+/* --- Incoming requests ---------------------------------------------------------- */
+
+/* A frame owned by Lua while a request is decoded: freed by __gc whatever
+** happens. */
+static ember_frame_t *push_frame(lua_State *L, ember_frame_t *frame) {
+  ember_frame_t *box = lua_newuserdatauv(L, sizeof(*box), 0);
+  memset(box, 0, sizeof(*box));
+  luaL_setmetatable(L, FRAME_METATABLE);
+  *box = *frame;
+  memset(frame, 0, sizeof(*frame));
+  return box;
+}
+
+static int frame_gc(lua_State *L) {
+  ember_frame_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Protected: decodes [fn, args] from the frame at index 1. */
+static int decode_request(lua_State *L) {
+  ember_frame_t *frame = lua_touserdata(L, 1);
+  const ember_wire_limits_t *limits = lua_touserdata(L, 2);
+  ember__lua_wire_decode(L, frame->body, frame->header.body_len,
+                         frame->payloads, frame->header.tensor_count, limits);
+  if (lua_type(L, -1) != LUA_TTABLE)
+    return luaL_error(L, "malformed request: the body is not [fn, args]");
+  lua_rawgeti(L, -1, 1);
+  lua_rawgeti(L, -2, 2);
+  return 2;
+}
+
+/* Protected, on the context's thread: decodes the request and calls the Lua
+** handler(peer, id, ok, fn_or_error, args). */
+static int run_request(lua_State *L) {
+  agent_box_t *box = lua_touserdata(L, 1);
+  ember_frame_t *frame = lua_touserdata(L, 2);
+  int peer = (int)lua_tointeger(L, 3);
+  uint64_t id = frame->header.request_id;
+  ember_frame_t *owned;
+  int status;
+
+  lua_settop(L, 0);
+  owned = push_frame(L, frame); /* index 1 */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, box->request_ref);
+  lua_pushinteger(L, peer);
+  lua_pushinteger(L, (lua_Integer)id);
+  lua_pushcfunction(L, decode_request);
+  lua_pushlightuserdata(L, owned);
+  lua_pushlightuserdata(L, &box->limits);
+  status = lua_pcall(L, 2, 2, 0);
+  if (status == LUA_OK) {
+    lua_pushboolean(L, 1);
+    lua_insert(L, -3);
+  } else {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    lua_pushnil(L);
+  }
+  ember_frame_free(owned); /* tensors in it are referenced by their views */
+  lua_call(L, 5, 0);
+  return 0;
+}
+
+static void on_request_cb(void *user, int peer, ember_frame_t *frame) {
+  agent_box_t *box = user;
+  lua_State *L = box->ctx->L;
+  if (box->ctx->closing || !lua_checkstack(L, 8)) {
+    ember_frame_free(frame);
+    return;
+  }
+  lua_pushcfunction(L, run_request);
+  lua_pushlightuserdata(L, box);
+  lua_pushlightuserdata(L, frame);
+  lua_pushinteger(L, peer);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ember: error dispatching a request: %s\n",
+            lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  ember_frame_free(frame); /* a no-op when run_request took it */
+}
+
+static int run_lost(lua_State *L) {
+  agent_box_t *box = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, box->lost_ref);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+static void on_peer_lost_cb(void *user, int peer, const char *why) {
+  agent_box_t *box = user;
+  lua_State *L = box->ctx->L;
+  if (box->ctx->closing || box->lost_ref == LUA_NOREF || !lua_checkstack(L, 6))
+    return;
+  lua_pushcfunction(L, run_lost);
+  lua_pushlightuserdata(L, box);
+  lua_pushinteger(L, peer);
+  lua_pushstring(L, why);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ember: error in on_peer_lost: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* --- The Agent type --------------------------------------------------------------- */
+
+static agent_box_t *check_agent(lua_State *L) {
+  agent_box_t *box = luaL_checkudata(L, 1, AGENT_METATABLE);
+  if (box->agent == NULL)
+    luaL_error(L, "the RPC agent is shut down");
+  return box;
+}
+
+static uint64_t opt_uint(lua_State *L, int table, const char *field,
+                         uint64_t fallback) {
+  lua_Integer v;
+  int isnum;
+  if (lua_getfield(L, table, field) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return fallback;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  if (!isnum || v <= 0)
+    luaL_error(L, "agent option '%s' must be a positive integer", field);
+  lua_pop(L, 1);
+  return (uint64_t)v;
+}
+
+static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
+  ember_wire_default_limits(limits);
+  limits->max_body = (uint32_t)opt_uint(L, opts, "max_body", limits->max_body);
+  limits->max_tensors =
+      (uint32_t)opt_uint(L, opts, "max_tensors", limits->max_tensors);
+  limits->max_tensor_bytes =
+      opt_uint(L, opts, "max_tensor_bytes", limits->max_tensor_bytes);
+  limits->max_payload_bytes =
+      opt_uint(L, opts, "max_message_bytes", limits->max_payload_bytes);
+}
+
+/*
+** core.agent_new{name=, id=, secret=, on_request=fn, on_peer_lost=fn,
+** max_body=, max_tensors=, max_tensor_bytes=, max_message_bytes=}
+*/
+static int agent_new(lua_State *L) {
+  ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
+  ember_transport_opts_t opts;
+  ember_agent_callbacks_t callbacks;
+  agent_box_t *box;
+  int err;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  box = lua_newuserdatauv(L, sizeof(*box), 0); /* index 2 */
+  memset(box, 0, sizeof(*box));
+  box->request_ref = box->lost_ref = LUA_NOREF;
+  luaL_setmetatable(L, AGENT_METATABLE);
+  box->ctx = ctx;
+
+  lua_getfield(L, 1, "name");
+  opts.name = luaL_checkstring(L, -1);
+  lua_getfield(L, 1, "id");
+  opts.id = (int)luaL_checkinteger(L, -1);
+  lua_getfield(L, 1, "secret");
+  opts.secret = lua_tostring(L, -1);
+  read_limits(L, 1, &opts.limits);
+  box->limits = opts.limits;
+  reply_limits = opts.limits;
+  if (lua_getfield(L, 1, "on_request") != LUA_TFUNCTION)
+    return luaL_error(L, "agent_new: on_request must be a function");
+  box->request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (lua_getfield(L, 1, "on_peer_lost") == LUA_TFUNCTION)
+    box->lost_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
+
+  callbacks.user = box;
+  callbacks.on_request = on_request_cb;
+  callbacks.on_peer_lost = on_peer_lost_cb;
+  if ((err = ember_agent_new(ctx->loop, &opts, &callbacks, &box->agent)) != 0)
+    return ember__lua_raise(L, err, "cannot start the RPC agent: %s",
+                            ember_strerror(err));
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* agent:listen(host, port) -> the bound port */
+static int agent_listen(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  const char *host = luaL_checkstring(L, 2);
+  int port = (int)luaL_checkinteger(L, 3), bound = 0;
+  int err = ember_transport_listen(ember_agent_transport(box->agent), host,
+                                   port, &bound);
+  if (err != 0)
+    return ember__lua_raise(L, err, "%s", ember_wire_error());
+  lua_pushinteger(L, bound);
+  return 1;
+}
+
+static int agent_add_peer(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  int id = (int)luaL_checkinteger(L, 2);
+  const char *name = luaL_checkstring(L, 3);
+  const char *host = luaL_checkstring(L, 4);
+  int port = (int)luaL_checkinteger(L, 5);
+  int err = ember_transport_add_peer(ember_agent_transport(box->agent), id,
+                                     name, host, port);
+  if (err != 0)
+    return ember__lua_raise(L, err, "add_peer: %s", ember_wire_error());
+  return 0;
+}
+
+/* agent:call(peer, fn, args, timeout_seconds) -> future */
+static int agent_call(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  int peer = (int)luaL_checkinteger(L, 2);
+  lua_Number timeout = luaL_optnumber(L, 5, 0);
+  ember_wire_msg_t *msg;
+  ember_future_t *future;
+  int err;
+
+  luaL_argcheck(L, timeout >= 0 && timeout < 1e9, 5,
+                "timeout must be between 0 and 1e9 seconds");
+  msg = ember__lua_push_msg(L);
+  if (ember_wire_msg_write(msg, "\x92", 1) != 0) /* [fn, args] */
+    return luaL_error(L, "out of memory");
+  ember__lua_wire_encode(L, 3, msg, "fn");
+  ember__lua_wire_encode(L, 4, msg, "args");
+  err = ember_agent_call(box->agent, peer, msg,
+                         (uint64_t)(timeout * 1000.0 + 0.5), &future);
+  if (err != 0)
+    return ember__lua_raise(L, err, "%s", ember_wire_error());
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+/* agent:respond(peer, request_id, failed, value) */
+static int agent_respond(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  int peer = (int)luaL_checkinteger(L, 2);
+  lua_Integer id = luaL_checkinteger(L, 3);
+  int failed = lua_toboolean(L, 4);
+  ember_wire_msg_t *msg;
+  int err;
+
+  lua_settop(L, 5);
+  msg = ember__lua_push_msg(L);
+  ember__lua_wire_encode(L, 5, msg, failed ? "error" : "result");
+  err = ember_agent_respond(box->agent, peer, (uint64_t)id, failed, msg);
+  if (err != 0)
+    return ember__lua_raise(L, err, "respond: %s", ember_wire_error());
+  return 0;
+}
+
+static int agent_drained(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  ember_future_t *future = ember_agent_drained(box->agent);
+  if (future == NULL)
+    return luaL_error(L, "out of memory");
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+static int agent_flushed(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  ember_future_t *future =
+      ember_transport_flushed(ember_agent_transport(box->agent));
+  if (future == NULL)
+    return luaL_error(L, "out of memory");
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+static int agent_goodbye(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  ember_transport_say_goodbye(ember_agent_transport(box->agent));
+  return 0;
+}
+
+static void set_counters(lua_State *L, const ember_agent_stats_t *s) {
+  lua_pushinteger(L, (lua_Integer)s->calls_sent);
+  lua_setfield(L, -2, "calls_sent");
+  lua_pushinteger(L, (lua_Integer)s->calls_served);
+  lua_setfield(L, -2, "calls_served");
+  lua_pushinteger(L, (lua_Integer)s->calls_failed);
+  lua_setfield(L, -2, "calls_failed");
+  lua_pushinteger(L, (lua_Integer)s->timeouts);
+  lua_setfield(L, -2, "timeouts");
+  lua_pushinteger(L, (lua_Integer)s->late_replies);
+  lua_setfield(L, -2, "late_replies");
+  lua_pushinteger(L, (lua_Integer)s->pending);
+  lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, (lua_Integer)s->serving);
+  lua_setfield(L, -2, "serving");
+}
+
+/* agent:stats() -> {totals..., peers = {[id] = {...}}} */
+static int agent_stats(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  ember_transport_t *t = ember_agent_transport(box->agent);
+  ember_agent_stats_t s;
+  uint64_t bytes_in = 0, bytes_out = 0;
+  int count = ember_transport_peer_count(t);
+
+  lua_newtable(L);
+  ember_agent_stats(box->agent, &s);
+  set_counters(L, &s);
+  lua_newtable(L);
+  for (int id = 0; id < count; id++) {
+    ember_peer_stats_t ps;
+    if (ember_transport_peer_stats(t, id, &ps) != 0)
+      continue;
+    lua_newtable(L);
+    ember_agent_peer_stats(box->agent, id, &s);
+    set_counters(L, &s);
+    lua_pushinteger(L, (lua_Integer)ps.bytes_in);
+    lua_setfield(L, -2, "bytes_in");
+    lua_pushinteger(L, (lua_Integer)ps.bytes_out);
+    lua_setfield(L, -2, "bytes_out");
+    lua_pushboolean(L, ps.connected);
+    lua_setfield(L, -2, "connected");
+    lua_pushboolean(L, ps.lost);
+    lua_setfield(L, -2, "lost");
+    lua_pushboolean(L, ps.left);
+    lua_setfield(L, -2, "left");
+    lua_rawseti(L, -2, id);
+    bytes_in += ps.bytes_in;
+    bytes_out += ps.bytes_out;
+  }
+  lua_setfield(L, -2, "peers");
+  lua_pushinteger(L, (lua_Integer)bytes_in);
+  lua_setfield(L, -2, "bytes_in");
+  lua_pushinteger(L, (lua_Integer)bytes_out);
+  lua_setfield(L, -2, "bytes_out");
+  return 1;
+}
+
+static void close_box(lua_State *L, agent_box_t *box) {
+  if (box->agent != NULL) {
+    ember_agent_t *agent = box->agent;
+    box->agent = NULL;
+    ember_agent_close(agent);
+  }
+  if (!box->ctx->closing) {
+    luaL_unref(L, LUA_REGISTRYINDEX, box->request_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, box->lost_ref);
+  }
+  box->request_ref = box->lost_ref = LUA_NOREF;
+}
+
+static int agent_close(lua_State *L) {
+  close_box(L, luaL_checkudata(L, 1, AGENT_METATABLE));
+  return 0;
+}
+
+static int agent_tostring(lua_State *L) {
+  agent_box_t *box = luaL_checkudata(L, 1, AGENT_METATABLE);
+  lua_pushfstring(L, "ember.Agent (%s)", box->agent ? "running" : "closed");
+  return 1;
+}
+
+static const luaL_Reg agent_methods[] = {
+    {"listen", agent_listen},   {"add_peer", agent_add_peer},
+    {"call", agent_call},       {"respond", agent_respond},
+    {"drained", agent_drained}, {"flushed", agent_flushed},
+    {"goodbye", agent_goodbye}, {"stats", agent_stats},
+    {"close", agent_close},     {NULL, NULL}};
+
+static const luaL_Reg agent_metamethods[] = {{"__gc", agent_close},
+                                             {"__close", agent_close},
+                                             {"__tostring", agent_tostring},
+                                             {NULL, NULL}};
+
+static const luaL_Reg rpc_funcs[] = {{"agent_new", agent_new}, {NULL, NULL}};
+
+/* Expects the context at index 1 and the module table at index 2. */
+void ember__lua_open_rpc(lua_State *L) {
+  if (luaL_newmetatable(L, AGENT_METATABLE)) {
+    ember__lua_setfuncs(L, 1, agent_metamethods);
+    lua_newtable(L);
+    ember__lua_setfuncs(L, 1, agent_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, FRAME_METATABLE)) {
+    lua_pushcfunction(L, frame_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  ember_wire_default_limits(&reply_limits);
+  ember__lua_register_payload(&ember_reply_payload, push_reply);
+  lua_pushvalue(L, 2);
+  ember__lua_setfuncs(L, 1, rpc_funcs);
+  lua_pop(L, 1);
+}

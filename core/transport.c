@@ -1,2 +1,1467 @@
-/* Placeholder: filled in by the RPC core work. */
-typedef int ember_placeholder_transport;
+/*
+** The transport: connections to peers, frame reading and writing, handshakes.
+** See transport.h for the protocol; this file is the libuv side of it.
+*/
+#include "transport.h"
+
+#include <msgpack.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+#define NONCE_BYTES 32
+#define PROOF_BYTES crypto_auth_BYTES
+#define STAGING_BYTES (64 * 1024)
+/* Reads of at least this much go straight into the frame's own buffers. */
+#define DIRECT_READ_MIN (16 * 1024)
+#define MAX_WRITE_BUFS 1024
+#define HANDSHAKE_MAX_BODY 1024
+
+typedef struct frame_out_s {
+  struct frame_out_s *next;
+  uint64_t bytes; /* on the wire, all parts */
+  size_t head_len;
+  ember_wire_msg_t msg;
+  uint8_t head[]; /* header and tensor lengths */
+} frame_out_t;
+
+typedef struct {
+  frame_out_t *head;
+  frame_out_t *tail;
+} frame_queue_t;
+
+typedef enum {
+  CONN_CONNECTING,  /* initiator: TCP connect in progress */
+  CONN_AWAIT_WELCOME,
+  CONN_AWAIT_HELLO, /* acceptor */
+  CONN_AWAIT_PEER,  /* acceptor: HELLO from an id not declared yet */
+  CONN_AWAIT_AUTH,
+  CONN_READY,
+  CONN_CLOSING
+} conn_state_t;
+
+typedef enum {
+  READ_HEADER,
+  READ_LENGTHS,
+  READ_BODY,
+  READ_PAYLOAD
+} read_state_t;
+
+typedef struct peer_s peer_t;
+
+typedef struct conn_s {
+  ember_handle_owner_t owner; /* first: the handle's data points here */
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  ember_transport_t *t;
+  peer_t *peer; /* NULL on an acceptor until HELLO names it */
+  int initiator;
+  conn_state_t state;
+  char address[64]; /* the remote address, for messages */
+  uint8_t my_nonce[NONCE_BYTES];
+  uint8_t peer_nonce[NONCE_BYTES];
+  /* A HELLO parked until its peer is declared (workers learn the world at
+  ** slightly different times). */
+  int parked_id;
+  char parked_name[256];
+  /* Reading one frame. */
+  read_state_t read_state;
+  uint8_t header_bytes[EMBER_WIRE_HEADER_SIZE];
+  size_t have; /* bytes of the current part read so far */
+  ember_frame_header_t header;
+  uint8_t *lengths_bytes;
+  uint64_t *lengths;
+  ember_frame_t frame;
+  uint32_t payload_index;
+  int reading_direct; /* the last alloc_cb gave out the frame's own buffer */
+  char *staging;
+  /* Writing. */
+  frame_queue_t queue;   /* waiting to be written */
+  frame_queue_t writing; /* in the write in flight */
+  uv_buf_t *bufs;
+  unsigned bufs_cap;
+  int dirty; /* listed in the transport's dirty list */
+  struct conn_s *next_dirty;
+  struct conn_s *next; /* all connections */
+  struct conn_s *prev;
+} conn_t;
+
+struct peer_s {
+  int id;
+  char *name;
+  char *host;
+  int port;
+  conn_t *conn;     /* the ready connection */
+  conn_t *outgoing; /* ours, while its handshake runs */
+  frame_queue_t queue; /* frames waiting for a ready connection */
+  int lost, left;
+  ember_peer_stats_t stats;
+};
+
+struct ember_transport_s {
+  ember_handle_owner_t owner; /* the listener's */
+  ember_loop_t *loop;
+  uv_tcp_t listener;
+  int listening;
+  uv_prepare_t flusher;
+  ember_handle_owner_t flusher_owner;
+  int flusher_open;
+  char *name;
+  int id;
+  int has_secret;
+  uint8_t key[crypto_auth_KEYBYTES];
+  ember_wire_limits_t limits;
+  ember_wire_limits_t handshake_limits;
+  ember_transport_callbacks_t cb;
+  peer_t **peers;
+  int peer_count;
+  conn_t *conns;
+  conn_t *dirty;
+  uint64_t unsent;
+  ember_future_t **flush_waiters;
+  size_t flush_waiter_count;
+  int closing;
+  int handles_open; /* freed when it reaches 0 after closing */
+};
+
+static void conn_close(conn_t *conn, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static void conn_start_reading(conn_t *conn);
+static void mark_dirty(conn_t *conn);
+
+void ember_frame_free(ember_frame_t *frame) {
+  free(frame->body);
+  frame->body = NULL;
+  if (frame->payloads != NULL) {
+    for (uint32_t i = 0; i < frame->header.tensor_count; i++)
+      ember_tensor_release(frame->payloads[i]);
+    free(frame->payloads);
+    frame->payloads = NULL;
+  }
+}
+
+/* --- Frames out ------------------------------------------------------------- */
+
+static void frame_out_free(frame_out_t *frame) {
+  ember_wire_msg_free(&frame->msg);
+  free(frame);
+}
+
+static void queue_push(frame_queue_t *q, frame_out_t *frame) {
+  frame->next = NULL;
+  if (q->tail != NULL)
+    q->tail->next = frame;
+  else
+    q->head = frame;
+  q->tail = frame;
+}
+
+/* Moves all of `from` to the end of `to`. */
+static void queue_splice(frame_queue_t *to, frame_queue_t *from) {
+  if (from->head == NULL)
+    return;
+  if (to->tail != NULL)
+    to->tail->next = from->head;
+  else
+    to->head = from->head;
+  to->tail = from->tail;
+  from->head = from->tail = NULL;
+}
+
+static void check_flushed(ember_transport_t *t);
+
+static void queue_drop(ember_transport_t *t, frame_queue_t *q) {
+  frame_out_t *frame = q->head;
+  while (frame != NULL) {
+    frame_out_t *next = frame->next;
+    t->unsent -= frame->bytes;
+    frame_out_free(frame);
+    frame = next;
+  }
+  q->head = q->tail = NULL;
+  check_flushed(t);
+}
+
+static void put_u64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A frame holding msg's contents (moved out; msg is re-initialised). */
+static frame_out_t *frame_out_new(int kind, uint16_t flags, uint64_t request_id,
+                                  ember_wire_msg_t *msg) {
+  uint32_t count = msg->payload_count;
+  size_t head_len = EMBER_WIRE_HEADER_SIZE + 8 * (size_t)count;
+  frame_out_t *frame = malloc(sizeof(*frame) + head_len);
+  ember_frame_header_t header;
+
+  if (frame == NULL)
+    return NULL;
+  header.version = EMBER_WIRE_VERSION;
+  header.kind = (uint8_t)kind;
+  header.flags = flags;
+  header.request_id = request_id;
+  header.body_len = (uint32_t)msg->body_len;
+  header.tensor_count = count;
+  ember_wire_pack_header(&header, frame->head);
+  frame->head_len = head_len;
+  frame->bytes = head_len + msg->body_len;
+  for (uint32_t i = 0; i < count; i++) {
+    put_u64(frame->head + EMBER_WIRE_HEADER_SIZE + 8 * i,
+            msg->payloads[i].nbytes);
+    frame->bytes += msg->payloads[i].nbytes;
+  }
+  frame->msg = *msg;
+  ember_wire_msg_init(msg);
+  frame->next = NULL;
+  return frame;
+}
+
+/* Queues a frame on a connection (handshake frames, or frames for a ready
+** peer) and schedules the write. */
+static void conn_queue(conn_t *conn, frame_out_t *frame) {
+  conn->t->unsent += frame->bytes;
+  queue_push(&conn->queue, frame);
+  mark_dirty(conn);
+}
+
+/* --- Writing ---------------------------------------------------------------- */
+
+static void start_write(conn_t *conn);
+
+static void write_cb(uv_write_t *req, int status) {
+  conn_t *conn = req->data;
+  ember_transport_t *t = conn->t;
+  frame_out_t *frame = conn->writing.head;
+
+  while (frame != NULL) {
+    frame_out_t *next = frame->next;
+    t->unsent -= frame->bytes;
+    if (conn->peer != NULL && status == 0) {
+      conn->peer->stats.bytes_out += frame->bytes;
+      conn->peer->stats.frames_out++;
+    }
+    frame_out_free(frame);
+    frame = next;
+  }
+  conn->writing.head = conn->writing.tail = NULL;
+  if (status != 0) {
+    if (status != UV_ECANCELED)
+      conn_close(conn, status, "write failed: %s", uv_strerror(status));
+    check_flushed(t);
+    return;
+  }
+  if (conn->queue.head != NULL && conn->state != CONN_CLOSING)
+    start_write(conn);
+  check_flushed(t);
+}
+
+/* uv_buf_t lengths are unsigned int: bigger payloads go in several parts. */
+#define MAX_BUF_BYTES 0x40000000u
+
+static unsigned frame_parts(const frame_out_t *frame) {
+  unsigned parts = 1 + (frame->msg.body_len > 0);
+  for (uint32_t i = 0; i < frame->msg.payload_count; i++)
+    parts += (unsigned)((frame->msg.payloads[i].nbytes + MAX_BUF_BYTES - 1) /
+                        MAX_BUF_BYTES);
+  return parts;
+}
+
+static int ensure_bufs(conn_t *conn, unsigned need) {
+  uv_buf_t *grown;
+  if (need <= conn->bufs_cap)
+    return 0;
+  if ((grown = realloc(conn->bufs, need * sizeof(uv_buf_t))) == NULL)
+    return EMBER_ENOMEM;
+  conn->bufs = grown;
+  conn->bufs_cap = need;
+  return 0;
+}
+
+static unsigned add_frame_bufs(conn_t *conn, unsigned n, frame_out_t *frame) {
+  conn->bufs[n++] = uv_buf_init((char *)frame->head, (unsigned)frame->head_len);
+  if (frame->msg.body_len > 0)
+    conn->bufs[n++] = uv_buf_init(frame->msg.body, (unsigned)frame->msg.body_len);
+  for (uint32_t i = 0; i < frame->msg.payload_count; i++) {
+    const ember_wire_payload_t *p = &frame->msg.payloads[i];
+    for (uint64_t off = 0; off < p->nbytes; off += MAX_BUF_BYTES) {
+      uint64_t chunk = p->nbytes - off;
+      if (chunk > MAX_BUF_BYTES)
+        chunk = MAX_BUF_BYTES;
+      conn->bufs[n++] = uv_buf_init((char *)p->data + off, (unsigned)chunk);
+    }
+  }
+  return n;
+}
+
+/* Writes everything queued (up to MAX_WRITE_BUFS buffers) in one writev. */
+static void start_write(conn_t *conn) {
+  unsigned n = 0;
+  frame_out_t *frame;
+  int err;
+
+  if (conn->writing.head != NULL || conn->queue.head == NULL ||
+      conn->state == CONN_CLOSING || conn->state == CONN_CONNECTING)
+    return;
+  while ((frame = conn->queue.head) != NULL) {
+    unsigned parts = frame_parts(frame);
+    if (n > 0 && n + parts > MAX_WRITE_BUFS)
+      break;
+    if (ensure_bufs(conn, n + parts) != 0) {
+      conn_close(conn, EMBER_ENOMEM, "out of memory writing a frame");
+      return;
+    }
+    conn->queue.head = frame->next;
+    if (conn->queue.head == NULL)
+      conn->queue.tail = NULL;
+    queue_push(&conn->writing, frame);
+    n = add_frame_bufs(conn, n, frame);
+  }
+  conn->write_req.data = conn;
+  err = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, conn->bufs, n,
+                 write_cb);
+  if (err != 0) {
+    /* The frames stay on `writing` and are freed with the connection. */
+    conn_close(conn, err, "write failed: %s", uv_strerror(err));
+  }
+}
+
+static void flush_cb(uv_prepare_t *handle);
+
+static void mark_dirty(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  if (conn->dirty || t->closing)
+    return;
+  conn->dirty = 1;
+  conn->next_dirty = t->dirty;
+  t->dirty = conn;
+  if (!uv_is_active((uv_handle_t *)&t->flusher))
+    uv_prepare_start(&t->flusher, flush_cb);
+}
+
+static ember_transport_t *transport_of_flusher(uv_prepare_t *handle) {
+  return (ember_transport_t *)((char *)handle -
+                               offsetof(ember_transport_t, flusher));
+}
+
+/* Just before the loop polls: write what was queued during this turn. */
+static void flush_cb(uv_prepare_t *handle) {
+  ember_transport_t *t = transport_of_flusher(handle);
+  while (t->dirty != NULL) {
+    conn_t *conn = t->dirty;
+    t->dirty = conn->next_dirty;
+    conn->dirty = 0;
+    start_write(conn);
+  }
+  uv_prepare_stop(handle);
+}
+
+/* --- Flush waiters ---------------------------------------------------------- */
+
+static void check_flushed(ember_transport_t *t) {
+  if (t->unsent != 0 || t->flush_waiter_count == 0)
+    return;
+  size_t n = t->flush_waiter_count;
+  ember_future_t **waiters = t->flush_waiters;
+  t->flush_waiters = NULL;
+  t->flush_waiter_count = 0;
+  for (size_t i = 0; i < n; i++) {
+    ember_future_set_result(waiters[i], NULL, NULL);
+    ember_future_release(waiters[i]);
+  }
+  free(waiters);
+}
+
+ember_future_t *ember_transport_flushed(ember_transport_t *t) {
+  ember_future_t *future = ember_future_new();
+  ember_future_t **grown;
+  if (future == NULL)
+    return NULL;
+  if (t->unsent == 0) {
+    ember_future_set_result(future, NULL, NULL);
+    return future;
+  }
+  grown = realloc(t->flush_waiters,
+                  (t->flush_waiter_count + 1) * sizeof(*grown));
+  if (grown == NULL) {
+    ember_future_release(future);
+    return NULL;
+  }
+  t->flush_waiters = grown;
+  ember_future_retain(future);
+  grown[t->flush_waiter_count++] = future;
+  return future;
+}
+
+uint64_t ember_transport_unsent_bytes(const ember_transport_t *t) {
+  return t->unsent;
+}
+
+/* --- Peers ------------------------------------------------------------------ */
+
+static peer_t *find_peer(const ember_transport_t *t, int id) {
+  if (id < 0 || id >= t->peer_count)
+    return NULL;
+  return t->peers[id];
+}
+
+static void unpark_hellos(ember_transport_t *t, int id);
+
+int ember_transport_add_peer(ember_transport_t *t, int id, const char *name,
+                             const char *host, int port) {
+  peer_t *peer;
+  if (id < 0 || id == t->id || find_peer(t, id) != NULL)
+    return ember__wire_fail(EMBER_EINVAL, "peer id %d is taken or invalid", id);
+  if (id >= t->peer_count) {
+    peer_t **grown = realloc(t->peers, (size_t)(id + 1) * sizeof(*grown));
+    if (grown == NULL)
+      return EMBER_ENOMEM;
+    for (int i = t->peer_count; i <= id; i++)
+      grown[i] = NULL;
+    t->peers = grown;
+    t->peer_count = id + 1;
+  }
+  if ((peer = calloc(1, sizeof(*peer))) == NULL)
+    return EMBER_ENOMEM;
+  peer->id = id;
+  peer->name = strdup(name);
+  peer->host = strdup(host);
+  peer->port = port;
+  if (peer->name == NULL || peer->host == NULL) {
+    free(peer->name);
+    free(peer->host);
+    free(peer);
+    return EMBER_ENOMEM;
+  }
+  t->peers[id] = peer;
+  unpark_hellos(t, id);
+  return 0;
+}
+
+const char *ember_transport_peer_name(const ember_transport_t *t, int id) {
+  peer_t *peer = find_peer(t, id);
+  if (peer != NULL)
+    return peer->name;
+  return id == t->id ? t->name : NULL;
+}
+
+int ember_transport_peer_count(const ember_transport_t *t) {
+  return t->peer_count > t->id + 1 ? t->peer_count : t->id + 1;
+}
+
+int ember_transport_peer_stats(const ember_transport_t *t, int id,
+                               ember_peer_stats_t *stats) {
+  peer_t *peer = find_peer(t, id);
+  if (peer == NULL)
+    return EMBER_EINVAL;
+  *stats = peer->stats;
+  stats->connected = peer->conn != NULL;
+  stats->lost = peer->lost;
+  stats->left = peer->left;
+  return 0;
+}
+
+/* The peer is gone: drop what waits for it and tell the owner. */
+static void peer_lost(peer_t *peer, ember_transport_t *t, int code,
+                      const char *why) {
+  if (peer->lost || peer->left)
+    return;
+  peer->lost = 1;
+  queue_drop(t, &peer->queue);
+  if (!t->closing && t->cb.on_peer_lost != NULL)
+    t->cb.on_peer_lost(t->cb.user, peer->id, code, why);
+}
+
+/* --- Connections ------------------------------------------------------------ */
+
+static void conn_free(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  queue_drop(t, &conn->queue);
+  queue_drop(t, &conn->writing);
+  ember_frame_free(&conn->frame);
+  free(conn->lengths_bytes);
+  free(conn->lengths);
+  free(conn->staging);
+  free(conn->bufs);
+  free(conn);
+}
+
+static void transport_maybe_free(ember_transport_t *t);
+
+static void conn_close_cb(uv_handle_t *handle) {
+  conn_t *conn = handle->data;
+  ember_transport_t *t = conn->t;
+  conn_free(conn);
+  t->handles_open--;
+  transport_maybe_free(t);
+}
+
+static void conn_unlink(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  if (conn->prev != NULL)
+    conn->prev->next = conn->next;
+  else if (t->conns == conn)
+    t->conns = conn->next;
+  if (conn->next != NULL)
+    conn->next->prev = conn->prev;
+  conn->next = conn->prev = NULL;
+  if (conn->dirty) {
+    conn_t **link = &t->dirty;
+    while (*link != NULL && *link != conn)
+      link = &(*link)->next_dirty;
+    if (*link == conn)
+      *link = conn->next_dirty;
+    conn->dirty = 0;
+  }
+}
+
+static const char *peer_label(const conn_t *conn, char *buf, size_t size) {
+  if (conn->peer != NULL)
+    snprintf(buf, size, "worker '%s' (id %d) at %s", conn->peer->name,
+             conn->peer->id, conn->address);
+  else
+    snprintf(buf, size, "%s", conn->address);
+  return buf;
+}
+
+/*
+** Closes a connection. A ready connection whose peer did not say goodbye
+** loses the peer; an outgoing one that failed before it was ready does too.
+** `code` 0 closes quietly (a duplicate, or our own shutdown).
+*/
+static void conn_close(conn_t *conn, int code, const char *fmt, ...) {
+  ember_transport_t *t = conn->t;
+  peer_t *peer = conn->peer;
+  char why[256], label[160];
+  int was_active;
+
+  if (conn->state == CONN_CLOSING)
+    return;
+  /* An acceptor's connection that fails before it is ready loses nothing:
+  ** the peer may still connect properly. */
+  was_active = peer != NULL && (peer->conn == conn ||
+                                (peer->outgoing == conn && conn->initiator));
+  conn->state = CONN_CLOSING;
+  conn_unlink(conn);
+  if (peer != NULL) {
+    if (peer->conn == conn)
+      peer->conn = NULL;
+    if (peer->outgoing == conn)
+      peer->outgoing = NULL;
+  }
+  why[0] = '\0';
+  if (fmt != NULL) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+  }
+  if (code != 0 && !t->closing && !(peer != NULL && peer->left)) {
+    fprintf(stderr, "ember[%s]: closing the connection with %s: %s\n", t->name,
+            peer_label(conn, label, sizeof(label)), why);
+    fflush(stderr);
+  }
+  uv_close((uv_handle_t *)&conn->tcp, conn_close_cb);
+  if (code != 0 && was_active && !t->closing && peer->conn == NULL &&
+      peer->outgoing == NULL) {
+    char message[512];
+    snprintf(message, sizeof(message), "worker '%s' (id %d) was lost: %s",
+             peer->name, peer->id, why);
+    peer_lost(peer, t, code == UV_EOF ? EMBER_EPEERLOST : code, message);
+  }
+}
+
+static conn_t *conn_new(ember_transport_t *t, int initiator) {
+  conn_t *conn = calloc(1, sizeof(*conn));
+  if (conn == NULL)
+    return NULL;
+  conn->staging = malloc(STAGING_BYTES);
+  conn->bufs = malloc(MAX_WRITE_BUFS * sizeof(uv_buf_t));
+  conn->bufs_cap = MAX_WRITE_BUFS;
+  if (conn->staging == NULL || conn->bufs == NULL) {
+    free(conn->staging);
+    free(conn->bufs);
+    free(conn);
+    return NULL;
+  }
+  conn->owner.close_cb = conn_close_cb;
+  conn->t = t;
+  conn->initiator = initiator;
+  uv_tcp_init(ember_loop_uv(t->loop), &conn->tcp);
+  conn->tcp.data = conn;
+  uv_tcp_nodelay(&conn->tcp, 1);
+  t->handles_open++;
+  conn->next = t->conns;
+  if (t->conns != NULL)
+    t->conns->prev = conn;
+  t->conns = conn;
+  snprintf(conn->address, sizeof(conn->address), "(unknown address)");
+  return conn;
+}
+
+static void remember_address(conn_t *conn) {
+  struct sockaddr_storage addr;
+  int len = sizeof(addr);
+  char host[48];
+  if (uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&addr, &len) != 0)
+    return;
+  if (addr.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&addr;
+    uv_ip6_name(a, host, sizeof(host));
+    snprintf(conn->address, sizeof(conn->address), "[%s]:%d", host,
+             ntohs(a->sin6_port));
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&addr;
+    uv_ip4_name(a, host, sizeof(host));
+    snprintf(conn->address, sizeof(conn->address), "%s:%d", host,
+             ntohs(a->sin_port));
+  }
+}
+
+/* --- Handshake -------------------------------------------------------------- */
+
+/* proof = HMAC(key, role | first nonce | second nonce | names). */
+static void make_proof(const ember_transport_t *t, char role,
+                       const uint8_t *nonce_a, const uint8_t *nonce_b,
+                       const char *name_a, const char *name_b,
+                       uint8_t out[PROOF_BYTES]) {
+  crypto_auth_hmacsha512256_state st;
+  crypto_auth_hmacsha512256_init(&st, t->key, sizeof(t->key));
+  crypto_auth_hmacsha512256_update(&st, (const uint8_t *)&role, 1);
+  crypto_auth_hmacsha512256_update(&st, nonce_a, NONCE_BYTES);
+  crypto_auth_hmacsha512256_update(&st, nonce_b, NONCE_BYTES);
+  crypto_auth_hmacsha512256_update(&st, (const uint8_t *)name_a,
+                                   strlen(name_a) + 1);
+  crypto_auth_hmacsha512256_update(&st, (const uint8_t *)name_b,
+                                   strlen(name_b) + 1);
+  crypto_auth_hmacsha512256_final(&st, out);
+}
+
+static int msg_packer_write(void *data, const char *buf, size_t len) {
+  return ember_wire_msg_write(data, buf, len);
+}
+
+static void pack_str(msgpack_packer *pk, const char *s) {
+  size_t len = strlen(s);
+  msgpack_pack_str(pk, len);
+  msgpack_pack_str_body(pk, s, len);
+}
+
+static void pack_bin(msgpack_packer *pk, const uint8_t *p, size_t len) {
+  msgpack_pack_bin(pk, len);
+  msgpack_pack_bin_body(pk, p, len);
+}
+
+static int send_handshake(conn_t *conn, int kind, ember_wire_msg_t *msg) {
+  frame_out_t *frame = frame_out_new(kind, 0, 0, msg);
+  if (frame == NULL) {
+    ember_wire_msg_free(msg);
+    return EMBER_ENOMEM;
+  }
+  conn_queue(conn, frame);
+  return 0;
+}
+
+static int send_hello(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  ember_wire_msg_t msg;
+  msgpack_packer pk;
+  ember_wire_msg_init(&msg);
+  msgpack_packer_init(&pk, &msg, msg_packer_write);
+  randombytes_buf(conn->my_nonce, NONCE_BYTES);
+  msgpack_pack_array(&pk, 3);
+  pack_str(&pk, t->name);
+  msgpack_pack_int64(&pk, t->id);
+  pack_bin(&pk, conn->my_nonce, NONCE_BYTES);
+  return send_handshake(conn, EMBER_MSG_HELLO, &msg);
+}
+
+static int send_welcome(conn_t *conn, const char *status) {
+  ember_transport_t *t = conn->t;
+  ember_wire_msg_t msg;
+  msgpack_packer pk;
+  uint8_t proof[PROOF_BYTES];
+  ember_wire_msg_init(&msg);
+  msgpack_packer_init(&pk, &msg, msg_packer_write);
+  randombytes_buf(conn->my_nonce, NONCE_BYTES);
+  msgpack_pack_array(&pk, 5);
+  pack_str(&pk, t->name);
+  msgpack_pack_int64(&pk, t->id);
+  pack_bin(&pk, conn->my_nonce, NONCE_BYTES);
+  if (t->has_secret) {
+    make_proof(t, 'W', conn->peer_nonce, conn->my_nonce, t->name,
+               conn->peer->name, proof);
+    pack_bin(&pk, proof, PROOF_BYTES);
+  } else {
+    pack_bin(&pk, proof, 0);
+  }
+  pack_str(&pk, status);
+  return send_handshake(conn, EMBER_MSG_WELCOME, &msg);
+}
+
+static int send_auth(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  ember_wire_msg_t msg;
+  msgpack_packer pk;
+  uint8_t proof[PROOF_BYTES];
+  ember_wire_msg_init(&msg);
+  msgpack_packer_init(&pk, &msg, msg_packer_write);
+  msgpack_pack_array(&pk, 1);
+  if (t->has_secret) {
+    make_proof(t, 'A', conn->peer_nonce, conn->my_nonce, t->name,
+               conn->peer->name, proof);
+    pack_bin(&pk, proof, PROOF_BYTES);
+  } else {
+    pack_bin(&pk, proof, 0);
+  }
+  return send_handshake(conn, EMBER_MSG_AUTH, &msg);
+}
+
+/* The parts of a handshake body, read from a msgpack array. */
+typedef struct {
+  const char *name;
+  size_t name_len;
+  int64_t id;
+  const uint8_t *nonce;
+  size_t nonce_len;
+  const uint8_t *proof;
+  size_t proof_len;
+  const char *status;
+  size_t status_len;
+} handshake_t;
+
+static int get_str(const msgpack_object *o, const char **s, size_t *len) {
+  if (o->type != MSGPACK_OBJECT_STR)
+    return -1;
+  *s = o->via.str.ptr;
+  *len = o->via.str.size;
+  return 0;
+}
+
+static int get_bin(const msgpack_object *o, const uint8_t **p, size_t *len) {
+  if (o->type != MSGPACK_OBJECT_BIN)
+    return -1;
+  *p = (const uint8_t *)o->via.bin.ptr;
+  *len = o->via.bin.size;
+  return 0;
+}
+
+/* Reads a HELLO/WELCOME/AUTH body; -1 when it is not the expected shape. */
+static int parse_handshake(const ember_frame_t *frame, handshake_t *out,
+                           msgpack_unpacked *unpacked) {
+  const msgpack_object *items;
+  size_t n, expected;
+  msgpack_object root;
+
+  memset(out, 0, sizeof(*out));
+  if (msgpack_unpack_next(unpacked, frame->body, frame->header.body_len, NULL) !=
+      MSGPACK_UNPACK_SUCCESS)
+    return -1;
+  root = unpacked->data;
+  if (root.type != MSGPACK_OBJECT_ARRAY)
+    return -1;
+  n = root.via.array.size;
+  items = root.via.array.ptr;
+  switch (frame->header.kind) {
+  case EMBER_MSG_HELLO: expected = 3; break;
+  case EMBER_MSG_WELCOME: expected = 5; break;
+  default: expected = 1; break;
+  }
+  if (n != expected)
+    return -1;
+  if (frame->header.kind == EMBER_MSG_AUTH)
+    return get_bin(&items[0], &out->proof, &out->proof_len);
+  if (get_str(&items[0], &out->name, &out->name_len) != 0 ||
+      (items[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) ||
+      get_bin(&items[2], &out->nonce, &out->nonce_len) != 0 ||
+      out->nonce_len != NONCE_BYTES)
+    return -1;
+  out->id = (int64_t)items[1].via.u64;
+  if (frame->header.kind == EMBER_MSG_WELCOME &&
+      (get_bin(&items[3], &out->proof, &out->proof_len) != 0 ||
+       get_str(&items[4], &out->status, &out->status_len) != 0))
+    return -1;
+  return 0;
+}
+
+static int names_match(const peer_t *peer, const handshake_t *h) {
+  return strlen(peer->name) == h->name_len &&
+         memcmp(peer->name, h->name, h->name_len) == 0;
+}
+
+/* Checks a proof from the peer: 0 when good, else why in `why`. */
+static int check_proof(conn_t *conn, char role, const uint8_t *nonce_a,
+                       const uint8_t *nonce_b, const char *name_a,
+                       const char *name_b, const handshake_t *h, char *why,
+                       size_t size) {
+  ember_transport_t *t = conn->t;
+  uint8_t expected[PROOF_BYTES];
+  if (!t->has_secret) {
+    if (h->proof_len != 0) {
+      snprintf(why, size, "the peer proves a secret but this worker has none "
+                          "(set EMBER_SECRET or init_rpc's secret)");
+      return -1;
+    }
+    return 0;
+  }
+  if (h->proof_len == 0) {
+    snprintf(why, size, "the peer sent no proof of the secret (it has no "
+                        "EMBER_SECRET)");
+    return -1;
+  }
+  make_proof(t, role, nonce_a, nonce_b, name_a, name_b, expected);
+  if (h->proof_len != PROOF_BYTES ||
+      sodium_memcmp(expected, h->proof, PROOF_BYTES) != 0) {
+    snprintf(why, size, "wrong proof of the secret (the peer has another "
+                        "EMBER_SECRET)");
+    return -1;
+  }
+  return 0;
+}
+
+/* The connection carries the peer's frames from now on. */
+static void conn_ready(conn_t *conn) {
+  peer_t *peer = conn->peer;
+  conn->state = CONN_READY;
+  peer->conn = conn;
+  if (peer->outgoing == conn)
+    peer->outgoing = NULL;
+  queue_splice(&conn->queue, &peer->queue);
+  if (conn->queue.head != NULL)
+    mark_dirty(conn);
+}
+
+/* Keeps the HELLO until ember_transport_add_peer declares its id. */
+static void park_hello(conn_t *conn, const handshake_t *h) {
+  if (h->id < 0 || h->id > 0x7fffffff || h->id == conn->t->id ||
+      h->name_len >= sizeof(conn->parked_name)) {
+    conn_close(conn, EMBER_EINVAL, "HELLO from an unknown worker (id %lld)",
+               (long long)h->id);
+    return;
+  }
+  conn->state = CONN_AWAIT_PEER;
+  conn->parked_id = (int)h->id;
+  memcpy(conn->parked_name, h->name, h->name_len);
+  conn->parked_name[h->name_len] = '\0';
+  memcpy(conn->peer_nonce, h->nonce, NONCE_BYTES);
+}
+
+static void on_hello(conn_t *conn, const handshake_t *h);
+
+/* A peer was declared: answer the HELLOs that waited for it. */
+static void unpark_hellos(ember_transport_t *t, int id) {
+  conn_t *conn = t->conns;
+  while (conn != NULL) {
+    conn_t *next = conn->next;
+    if (conn->state == CONN_AWAIT_PEER && conn->parked_id == id) {
+      handshake_t h;
+      memset(&h, 0, sizeof(h));
+      h.id = id;
+      h.name = conn->parked_name;
+      h.name_len = strlen(conn->parked_name);
+      h.nonce = conn->peer_nonce;
+      h.nonce_len = NONCE_BYTES;
+      on_hello(conn, &h);
+    }
+    conn = next;
+  }
+}
+
+static void on_hello(conn_t *conn, const handshake_t *h) {
+  ember_transport_t *t = conn->t;
+  peer_t *peer = find_peer(t, h->id <= 0x7fffffff ? (int)h->id : -1);
+
+  if (peer == NULL) {
+    park_hello(conn, h);
+    return;
+  }
+  if (!names_match(peer, h)) {
+    conn_close(conn, EMBER_EINVAL, "HELLO from an unknown worker '%.*s' (id %lld)",
+               (int)(h->name_len > 64 ? 64 : h->name_len), h->name,
+               (long long)h->id);
+    return;
+  }
+  if (peer->lost || peer->left) {
+    conn_close(conn, EMBER_EINVAL, "worker '%s' was lost or left earlier",
+               peer->name);
+    return;
+  }
+  conn->peer = peer;
+  memmove(conn->peer_nonce, h->nonce, NONCE_BYTES);
+  if (peer->conn != NULL || (peer->outgoing != NULL && t->id < peer->id)) {
+    /* Ours wins: the peer will use the connection we made. */
+    send_welcome(conn, "duplicate");
+    conn->state = CONN_AWAIT_AUTH;
+    conn->peer = NULL; /* not the peer's connection */
+    return;
+  }
+  if (peer->outgoing != NULL) {
+    /* Theirs wins (lower id): drop ours quietly. */
+    conn_close(peer->outgoing, 0, NULL);
+  }
+  peer->outgoing = conn; /* held here until AUTH arrives */
+  send_welcome(conn, "ok");
+  conn->state = CONN_AWAIT_AUTH;
+}
+
+static void on_welcome(conn_t *conn, const handshake_t *h) {
+  peer_t *peer = conn->peer;
+  char why[200];
+  if (h->id != peer->id || !names_match(peer, h)) {
+    conn_close(conn, EMBER_EINVAL,
+               "expected worker '%s' (id %d) but '%.*s' (id %lld) answered",
+               peer->name, peer->id,
+               (int)(h->name_len > 64 ? 64 : h->name_len), h->name,
+               (long long)h->id);
+    return;
+  }
+  memcpy(conn->peer_nonce, h->nonce, NONCE_BYTES);
+  if (check_proof(conn, 'W', conn->my_nonce, conn->peer_nonce, peer->name,
+                  conn->t->name, h, why, sizeof(why)) != 0) {
+    conn_close(conn, EMBER_EINVAL, "handshake failed: %s", why);
+    return;
+  }
+  if (h->status_len == 9 && memcmp(h->status, "duplicate", 9) == 0) {
+    /* The peer's own connection carries our frames. */
+    conn_close(conn, 0, NULL);
+    return;
+  }
+  send_auth(conn);
+  conn_ready(conn);
+}
+
+static void on_auth(conn_t *conn, const handshake_t *h) {
+  peer_t *peer = conn->peer;
+  char why[200];
+  if (peer == NULL) {
+    /* A duplicate we refused: the peer closes it. */
+    return;
+  }
+  if (check_proof(conn, 'A', conn->my_nonce, conn->peer_nonce, peer->name,
+                  conn->t->name, h, why, sizeof(why)) != 0) {
+    conn->peer = NULL;
+    if (peer->outgoing == conn)
+      peer->outgoing = NULL;
+    conn_close(conn, EMBER_EINVAL, "worker '%s' failed the handshake: %s",
+               peer->name, why);
+    return;
+  }
+  conn_ready(conn);
+}
+
+static int expected_handshake_kind(const conn_t *conn) {
+  if (conn->state == CONN_AWAIT_PEER)
+    return -1; /* it must wait for our WELCOME */
+  return conn->state == CONN_AWAIT_HELLO     ? EMBER_MSG_HELLO
+         : conn->state == CONN_AWAIT_WELCOME ? EMBER_MSG_WELCOME
+                                             : EMBER_MSG_AUTH;
+}
+
+static void handle_handshake(conn_t *conn, ember_frame_t *frame) {
+  msgpack_unpacked unpacked;
+  handshake_t h;
+  int kind = frame->header.kind;
+  if (kind != expected_handshake_kind(conn)) {
+    conn_close(conn, EMBER_EINVAL,
+               "a frame of kind %d before the handshake was done", kind);
+    return;
+  }
+  if (ember_wire_check_body(frame->body, frame->header.body_len,
+                            &conn->t->handshake_limits) != 0) {
+    conn_close(conn, EMBER_EINVAL, "bad handshake: %s", ember_wire_error());
+    return;
+  }
+  msgpack_unpacked_init(&unpacked);
+  if (parse_handshake(frame, &h, &unpacked) != 0) {
+    conn_close(conn, EMBER_EINVAL, "malformed handshake frame (kind %d)", kind);
+  } else if (kind == EMBER_MSG_HELLO) {
+    on_hello(conn, &h);
+  } else if (kind == EMBER_MSG_WELCOME) {
+    on_welcome(conn, &h);
+  } else {
+    on_auth(conn, &h);
+  }
+  msgpack_unpacked_destroy(&unpacked);
+}
+
+/* --- Reading ---------------------------------------------------------------- */
+
+static const ember_wire_limits_t *conn_limits(const conn_t *conn) {
+  return conn->state == CONN_READY ? &conn->t->limits
+                                   : &conn->t->handshake_limits;
+}
+
+static void deliver_frame(conn_t *conn) {
+  ember_transport_t *t = conn->t;
+  ember_frame_t frame = conn->frame;
+  peer_t *peer = conn->peer;
+
+  memset(&conn->frame, 0, sizeof(conn->frame));
+  conn->read_state = READ_HEADER;
+  conn->have = 0;
+  if (conn->state != CONN_READY) {
+    handle_handshake(conn, &frame);
+    ember_frame_free(&frame);
+    return;
+  }
+  peer->stats.frames_in++;
+  if (frame.header.kind == EMBER_MSG_GOODBYE) {
+    peer->left = 1;
+    ember_frame_free(&frame);
+    return;
+  }
+  if (frame.header.kind == EMBER_MSG_HEARTBEAT ||
+      frame.header.kind < EMBER_MSG_REQUEST) {
+    ember_frame_free(&frame);
+    return;
+  }
+  if (t->cb.on_frame != NULL)
+    t->cb.on_frame(t->cb.user, peer->id, &frame);
+  else
+    ember_frame_free(&frame);
+}
+
+/* Prepares the part after the header; returns -1 if the connection closed. */
+static int begin_frame(conn_t *conn) {
+  const ember_wire_limits_t *limits = conn_limits(conn);
+  uint32_t count;
+  if (ember_wire_unpack_header(conn->header_bytes, limits, &conn->header) != 0) {
+    conn_close(conn, EMBER_EINVAL, "bad frame: %s", ember_wire_error());
+    return -1;
+  }
+  if (conn->state != CONN_READY &&
+      conn->header.kind != expected_handshake_kind(conn)) {
+    conn_close(conn, EMBER_EINVAL,
+               "a frame of kind %d before the handshake was done",
+               conn->header.kind);
+    return -1;
+  }
+  conn->frame.header = conn->header;
+  count = conn->header.tensor_count;
+  conn->have = 0;
+  if (count > 0) {
+    free(conn->lengths_bytes);
+    free(conn->lengths);
+    conn->lengths_bytes = malloc(8 * (size_t)count);
+    conn->lengths = malloc(sizeof(uint64_t) * count);
+    conn->frame.payloads = calloc(count, sizeof(ember_tensor_t *));
+    if (conn->lengths_bytes == NULL || conn->lengths == NULL ||
+        conn->frame.payloads == NULL) {
+      conn_close(conn, EMBER_ENOMEM, "out of memory reading a frame");
+      return -1;
+    }
+    conn->read_state = READ_LENGTHS;
+    return 0;
+  }
+  conn->read_state = READ_BODY;
+  return 0;
+}
+
+static int begin_body(conn_t *conn) {
+  conn->have = 0;
+  conn->frame.body = malloc(conn->header.body_len + 1);
+  if (conn->frame.body == NULL) {
+    conn_close(conn, EMBER_ENOMEM, "out of memory for a %u-byte frame body",
+               conn->header.body_len);
+    return -1;
+  }
+  conn->read_state = READ_BODY;
+  return 0;
+}
+
+/* Allocates payload i (after the body); skips to delivery after the last. */
+static int begin_payload(conn_t *conn) {
+  conn->have = 0;
+  while (conn->payload_index < conn->header.tensor_count) {
+    uint64_t len = conn->lengths[conn->payload_index];
+    int64_t shape[1] = {(int64_t)len};
+    ember_tensor_t *raw = ember_tensor_new(shape, 1, EMBER_UINT8,
+                                           &ember_cpu_device);
+    if (raw == NULL) {
+      conn_close(conn, EMBER_ENOMEM, "out of memory for a %llu-byte tensor",
+                 (unsigned long long)len);
+      return -1;
+    }
+    conn->frame.payloads[conn->payload_index] = raw;
+    if (len > 0) {
+      conn->read_state = READ_PAYLOAD;
+      return 0;
+    }
+    conn->payload_index++;
+  }
+  deliver_frame(conn);
+  return 0;
+}
+
+/* Where the current part's unread bytes go, and how many are left. */
+static char *part_target(conn_t *conn, size_t *left) {
+  switch (conn->read_state) {
+  case READ_HEADER:
+    *left = EMBER_WIRE_HEADER_SIZE - conn->have;
+    return (char *)conn->header_bytes + conn->have;
+  case READ_LENGTHS:
+    *left = 8 * (size_t)conn->header.tensor_count - conn->have;
+    return (char *)conn->lengths_bytes + conn->have;
+  case READ_BODY:
+    *left = conn->header.body_len - conn->have;
+    return conn->frame.body + conn->have;
+  case READ_PAYLOAD: {
+    ember_tensor_t *raw = conn->frame.payloads[conn->payload_index];
+    *left = raw->storage->nbytes - conn->have;
+    return (char *)raw->storage->data + conn->have;
+  }
+  }
+  *left = 0;
+  return NULL;
+}
+
+/* The current part is complete: move on. Returns -1 if the connection closed. */
+static int finish_part(conn_t *conn) {
+  switch (conn->read_state) {
+  case READ_HEADER:
+    if (begin_frame(conn) != 0)
+      return -1;
+    if (conn->read_state == READ_BODY)
+      return begin_body(conn) != 0 ? -1 : (conn->header.body_len == 0 ? finish_part(conn) : 0);
+    return 0;
+  case READ_LENGTHS:
+    if (ember_wire_unpack_lengths(conn->lengths_bytes,
+                                  conn->header.tensor_count, conn_limits(conn),
+                                  conn->lengths) != 0) {
+      conn_close(conn, EMBER_EINVAL, "bad frame: %s", ember_wire_error());
+      return -1;
+    }
+    if (begin_body(conn) != 0)
+      return -1;
+    return conn->header.body_len == 0 ? finish_part(conn) : 0;
+  case READ_BODY:
+    conn->payload_index = 0;
+    return begin_payload(conn);
+  case READ_PAYLOAD:
+    conn->payload_index++;
+    return begin_payload(conn);
+  }
+  return 0;
+}
+
+static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  conn_t *conn = handle->data;
+  size_t left = 0;
+  char *target = NULL;
+  (void)suggested;
+  if (conn->read_state == READ_BODY || conn->read_state == READ_PAYLOAD)
+    target = part_target(conn, &left);
+  if (target != NULL && left >= DIRECT_READ_MIN) {
+    conn->reading_direct = 1;
+    *buf = uv_buf_init(target, left > 0x40000000u ? 0x40000000u : (unsigned)left);
+    return;
+  }
+  conn->reading_direct = 0;
+  *buf = uv_buf_init(conn->staging, STAGING_BYTES);
+}
+
+/* Feeds staged bytes through the frame parser. */
+static void consume(conn_t *conn, const char *data, size_t len) {
+  while (len > 0 && conn->state != CONN_CLOSING) {
+    size_t left;
+    char *target = part_target(conn, &left);
+    size_t n = len < left ? len : left;
+    memcpy(target, data, n);
+    conn->have += n;
+    data += n;
+    len -= n;
+    if (n == left && finish_part(conn) != 0)
+      return;
+  }
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  conn_t *conn = stream->data;
+  (void)buf;
+  if (nread < 0) {
+    if (conn->peer == NULL && conn->state != CONN_READY)
+      conn_close(conn, 0, NULL); /* a refused duplicate, or a stranger */
+    else if (nread == UV_EOF)
+      conn_close(conn, UV_EOF, "the connection was closed by the peer");
+    else
+      conn_close(conn, (int)nread, "%s", uv_strerror((int)nread));
+    return;
+  }
+  if (nread == 0)
+    return;
+  if (conn->peer != NULL)
+    conn->peer->stats.bytes_in += (uint64_t)nread;
+  if (conn->reading_direct) {
+    size_t left;
+    part_target(conn, &left);
+    conn->have += (size_t)nread;
+    if ((size_t)nread == left)
+      finish_part(conn);
+    return;
+  }
+  consume(conn, conn->staging, (size_t)nread);
+}
+
+static void conn_start_reading(conn_t *conn) {
+  int err = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+  if (err != 0)
+    conn_close(conn, err, "cannot read: %s", uv_strerror(err));
+}
+
+/* --- Accepting and connecting ----------------------------------------------- */
+
+static void connection_cb(uv_stream_t *server, int status) {
+  ember_transport_t *t = (ember_transport_t *)((char *)server -
+                                               offsetof(ember_transport_t, listener));
+  conn_t *conn;
+  if (status != 0 || t->closing)
+    return;
+  if ((conn = conn_new(t, 0)) == NULL)
+    return;
+  conn->state = CONN_AWAIT_HELLO;
+  if (uv_accept(server, (uv_stream_t *)&conn->tcp) != 0) {
+    conn_close(conn, 0, NULL);
+    return;
+  }
+  remember_address(conn);
+  conn_start_reading(conn);
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  conn_t *conn = req->data;
+  if (status == UV_ECANCELED || conn->state == CONN_CLOSING)
+    return;
+  if (status != 0) {
+    conn_close(conn, status, "cannot connect to %s:%d: %s", conn->peer->host,
+               conn->peer->port, uv_strerror(status));
+    return;
+  }
+  remember_address(conn);
+  conn->state = CONN_AWAIT_WELCOME;
+  conn_start_reading(conn);
+  if (conn->state == CONN_CLOSING)
+    return;
+  if (send_hello(conn) != 0) {
+    conn_close(conn, EMBER_ENOMEM, "out of memory");
+    return;
+  }
+}
+
+static int resolve(const char *host, int port, struct sockaddr_storage *addr) {
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)addr) == 0)
+    return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)addr) == 0)
+    return 0;
+  return ember__wire_fail(EMBER_EINVAL, "'%s' is not an IP address", host);
+}
+
+static int connect_peer(ember_transport_t *t, peer_t *peer) {
+  struct sockaddr_storage addr;
+  conn_t *conn;
+  int err;
+  if ((err = resolve(peer->host, peer->port, &addr)) != 0)
+    return err;
+  if ((conn = conn_new(t, 1)) == NULL)
+    return EMBER_ENOMEM;
+  conn->peer = peer;
+  conn->state = CONN_CONNECTING;
+  peer->outgoing = conn;
+  conn->connect_req.data = conn;
+  err = uv_tcp_connect(&conn->connect_req, &conn->tcp,
+                       (const struct sockaddr *)&addr, connect_cb);
+  if (err != 0) {
+    peer->outgoing = NULL;
+    conn->peer = NULL;
+    conn_close(conn, 0, NULL);
+    return err;
+  }
+  return 0;
+}
+
+int ember_transport_send(ember_transport_t *t, int id, int kind,
+                         uint16_t flags, uint64_t request_id,
+                         ember_wire_msg_t *msg) {
+  peer_t *peer = find_peer(t, id);
+  frame_out_t *frame;
+  int err;
+
+  if (peer == NULL || t->closing) {
+    ember_wire_msg_free(msg);
+    ember_wire_msg_init(msg);
+    return t->closing ? EMBER_EPEERLOST
+                      : ember__wire_fail(EMBER_EINVAL, "no worker with id %d", id);
+  }
+  if (peer->lost || peer->left) {
+    ember_wire_msg_free(msg);
+    ember_wire_msg_init(msg);
+    return ember__wire_fail(EMBER_EPEERLOST, "worker '%s' (id %d) %s",
+                            peer->name, id,
+                            peer->left ? "has shut down" : "was lost");
+  }
+  if (msg->body_len > t->limits.max_body ||
+      msg->payload_count > t->limits.max_tensors) {
+    size_t body_len = msg->body_len;
+    uint32_t count = msg->payload_count;
+    ember_wire_msg_free(msg);
+    ember_wire_msg_init(msg);
+    return ember__wire_fail(EMBER_EINVAL,
+                            "a message of %zu body bytes and %u tensors is "
+                            "over the limits (%u bytes, %u tensors)",
+                            body_len, count, t->limits.max_body,
+                            t->limits.max_tensors);
+  }
+  if ((frame = frame_out_new(kind, flags, request_id, msg)) == NULL) {
+    ember_wire_msg_free(msg);
+    ember_wire_msg_init(msg);
+    return EMBER_ENOMEM;
+  }
+  if (peer->conn != NULL) {
+    conn_queue(peer->conn, frame);
+    return 0;
+  }
+  t->unsent += frame->bytes;
+  queue_push(&peer->queue, frame);
+  if (peer->outgoing == NULL && (err = connect_peer(t, peer)) != 0) {
+    char why[300];
+    snprintf(why, sizeof(why), "cannot connect to worker '%s' at %s:%d: %s",
+             peer->name, peer->host, peer->port, ember_strerror(err));
+    peer_lost(peer, t, err, why);
+    return ember__wire_fail(EMBER_EPEERLOST, "%s", why);
+  }
+  return 0;
+}
+
+void ember_transport_say_goodbye(ember_transport_t *t) {
+  for (int i = 0; i < t->peer_count; i++) {
+    peer_t *peer = t->peers[i];
+    ember_wire_msg_t msg;
+    frame_out_t *frame;
+    if (peer == NULL || peer->conn == NULL)
+      continue;
+    ember_wire_msg_init(&msg);
+    ember_wire_msg_write(&msg, "\xc0", 1); /* nil */
+    if ((frame = frame_out_new(EMBER_MSG_GOODBYE, 0, 0, &msg)) != NULL)
+      conn_queue(peer->conn, frame);
+    else
+      ember_wire_msg_free(&msg);
+  }
+}
+
+/* --- Life cycle -------------------------------------------------------------- */
+
+static void transport_handle_close_cb(uv_handle_t *handle);
+
+int ember_transport_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
+                        const ember_transport_callbacks_t *callbacks,
+                        ember_transport_t **out) {
+  ember_transport_t *t;
+  *out = NULL;
+  if (sodium_init() < 0)
+    return ember__wire_fail(EMBER_EFAILED, "libsodium failed to initialise");
+  if ((t = calloc(1, sizeof(*t))) == NULL)
+    return EMBER_ENOMEM;
+  if ((t->name = strdup(opts->name)) == NULL) {
+    free(t);
+    return EMBER_ENOMEM;
+  }
+  t->loop = loop;
+  t->id = opts->id;
+  t->limits = opts->limits;
+  t->handshake_limits = opts->limits;
+  t->handshake_limits.max_body = HANDSHAKE_MAX_BODY;
+  t->handshake_limits.max_tensors = 0;
+  t->handshake_limits.max_depth = 2;
+  t->cb = *callbacks;
+  if (opts->secret != NULL && opts->secret[0] != '\0') {
+    t->has_secret = 1;
+    crypto_generichash(t->key, sizeof(t->key), (const uint8_t *)opts->secret,
+                       strlen(opts->secret), NULL, 0);
+  }
+  t->owner.close_cb = transport_handle_close_cb;
+  t->flusher_owner.close_cb = transport_handle_close_cb;
+  uv_prepare_init(ember_loop_uv(loop), &t->flusher);
+  t->flusher.data = &t->flusher_owner;
+  t->flusher_open = 1;
+  t->handles_open = 1;
+  *out = t;
+  return 0;
+}
+
+int ember_transport_listen(ember_transport_t *t, const char *host, int port,
+                           int *bound) {
+  struct sockaddr_storage addr;
+  int len = sizeof(addr), err;
+  if (t->listening)
+    return ember__wire_fail(EMBER_EINVAL, "already listening");
+  if ((err = resolve(host, port, &addr)) != 0)
+    return err;
+  uv_tcp_init(ember_loop_uv(t->loop), &t->listener);
+  t->listener.data = &t->owner;
+  t->listening = 1;
+  t->handles_open++;
+  if ((err = uv_tcp_bind(&t->listener, (const struct sockaddr *)&addr, 0)) != 0 ||
+      (err = uv_listen((uv_stream_t *)&t->listener, 511, connection_cb)) != 0)
+    return ember__wire_fail(err, "cannot listen on %s:%d: %s", host, port,
+                            uv_strerror(err));
+  uv_tcp_getsockname(&t->listener, (struct sockaddr *)&addr, &len);
+  *bound = addr.ss_family == AF_INET6
+               ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
+               : ntohs(((struct sockaddr_in *)&addr)->sin_port);
+  return 0;
+}
+
+static void transport_free(ember_transport_t *t) {
+  for (int i = 0; i < t->peer_count; i++) {
+    peer_t *peer = t->peers[i];
+    if (peer == NULL)
+      continue;
+    queue_drop(t, &peer->queue);
+    free(peer->name);
+    free(peer->host);
+    free(peer);
+  }
+  for (size_t i = 0; i < t->flush_waiter_count; i++)
+    ember_future_release(t->flush_waiters[i]);
+  free(t->flush_waiters);
+  free(t->peers);
+  free(t->name);
+  free(t);
+}
+
+static void transport_maybe_free(ember_transport_t *t) {
+  if (t->closing && t->handles_open == 0)
+    transport_free(t);
+}
+
+static void transport_handle_close_cb(uv_handle_t *handle) {
+  ember_transport_t *t;
+  if (handle->type == UV_PREPARE)
+    t = (ember_transport_t *)((char *)handle - offsetof(ember_transport_t, flusher));
+  else
+    t = (ember_transport_t *)((char *)handle - offsetof(ember_transport_t, listener));
+  t->handles_open--;
+  transport_maybe_free(t);
+}
+
+void ember_transport_close(ember_transport_t *t) {
+  if (t == NULL || t->closing)
+    return;
+  t->closing = 1;
+  while (t->conns != NULL)
+    conn_close(t->conns, 0, NULL);
+  for (int i = 0; i < t->peer_count; i++)
+    if (t->peers[i] != NULL)
+      queue_drop(t, &t->peers[i]->queue);
+  t->dirty = NULL;
+  uv_close((uv_handle_t *)&t->flusher, transport_handle_close_cb);
+  if (t->listening)
+    uv_close((uv_handle_t *)&t->listener, transport_handle_close_cb);
+}

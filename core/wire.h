@@ -22,7 +22,9 @@
 **                       payload index u32 | shape i64 x ndim   (little-endian)
 **   EMBER_EXT_FUNCTION  "module:path" (a function reference)
 **   EMBER_EXT_CLASS     a class name; the next value in the stream is the
-**                       instance's packed state
+**                       instance's packed state. An instance is sent as a
+**                       2-element array [ext CLASS, state], so that arrays
+**                       and maps around it keep their counts.
 **
 ** Errors: functions return 0 or a negative EMBER_E* code and leave a message
 ** for ember_wire_error() (thread-local).
@@ -35,7 +37,7 @@
 
 #include "tensor.h"
 
-#define EMBER_WIRE_MAGIC 0x524d4245u /* "EMBR" as bytes on the wire */
+#define EMBER_WIRE_MAGIC 0x52424d45u /* "EMBR" as bytes on the wire */
 #define EMBER_WIRE_VERSION 1
 #define EMBER_WIRE_HEADER_SIZE 24
 
@@ -127,13 +129,55 @@ int ember_wire_unpack_lengths(const uint8_t *in, uint32_t count,
 int ember_wire_check_body(const char *body, size_t len,
                           const ember_wire_limits_t *limits);
 
-/* --- Outgoing messages ------------------------------------------------------ */
+/* --- Reading msgpack ------------------------------------------------------ */
+
+typedef enum {
+  EMBER_WIRE_NIL,
+  EMBER_WIRE_BOOL,
+  EMBER_WIRE_INT,   /* v.i */
+  EMBER_WIRE_UINT,  /* v.u: a positive integer above INT64_MAX */
+  EMBER_WIRE_FLOAT, /* v.f (float32 widened) */
+  EMBER_WIRE_STR,
+  EMBER_WIRE_BIN,
+  EMBER_WIRE_ARRAY,
+  EMBER_WIRE_MAP,
+  EMBER_WIRE_EXT
+} ember_wire_token_type_t;
+
+/* One msgpack item's header: a scalar whole, a container's count. */
+typedef struct {
+  ember_wire_token_type_t type;
+  int8_t ext_type;
+  uint32_t length;  /* str/bin/ext: bytes; array: elements; map: entries */
+  const char *data; /* str/bin/ext: the bytes, inside the body */
+  union {
+    int boolean;
+    int64_t i;
+    uint64_t u;
+    double f;
+  } v;
+} ember_wire_token_t;
+
+/*
+** Reads the item at body[*pos] and moves *pos past it: past a scalar, a
+** str/bin/ext with its bytes, or a container's header only (its elements
+** follow). Never reads outside body[0..len); allocates nothing. EMBER_EINVAL
+** with a message on truncated input or the unused byte 0xc1.
+*/
+int ember_wire_read_token(const char *body, size_t len, size_t *pos,
+                          ember_wire_token_t *token);
+
+/* "array", "str", ...: a token type's msgpack name, for messages. */
+const char *ember_wire_token_name(ember_wire_token_type_t type);
+
+/* --- Outgoing messages ---------------------------------------------------- */
 
 /* A tensor payload to send: `data` stays valid while `keep` is alive. */
 typedef struct {
   const void *data;
   uint64_t nbytes;
   ember_tensor_t *keep; /* one reference, released by ember_wire_msg_free */
+  const ember_tensor_t *source; /* the tensor added (for dedupe; borrowed) */
 } ember_wire_payload_t;
 
 /*
@@ -165,7 +209,33 @@ int ember_wire_msg_write(ember_wire_msg_t *msg, const void *data, size_t len);
 int ember_wire_msg_add_tensor(ember_wire_msg_t *msg, ember_tensor_t *t,
                               uint32_t *index);
 
-/* --- Incoming tensors -------------------------------------------------------- */
+/* --- Tensor references in a body ------------------------------------------ */
+
+#define EMBER_WIRE_TENSOR_EXT_MAX (EMBER_EXT_TENSOR_FIXED + 8 * EMBER_MAX_DIMS)
+
+/* What an EMBER_EXT_TENSOR says. */
+typedef struct {
+  ember_dtype_t dtype;
+  int ndim;
+  int requires_grad;
+  uint32_t index; /* payload position in the frame */
+  int64_t shape[EMBER_MAX_DIMS];
+} ember_wire_tensor_ref_t;
+
+/*
+** Writes the EMBER_EXT_TENSOR body for `t` sent as payload `index` and
+** returns its length. requires_grad is set when t requires grad or is the
+** result of recorded ops (the receiver gets a leaf that requires grad).
+*/
+size_t ember_wire_tensor_ext(const ember_tensor_t *t, uint32_t index,
+                             uint8_t out[EMBER_WIRE_TENSOR_EXT_MAX]);
+
+/* Reads an EMBER_EXT_TENSOR body; EMBER_EINVAL with a message when its
+** length, dtype or ndim is wrong or a size is negative. */
+int ember_wire_parse_tensor_ext(const char *data, uint32_t len,
+                                ember_wire_tensor_ref_t *ref);
+
+/* --- Incoming tensors ----------------------------------------------------- */
 
 /*
 ** A received payload becomes a tensor: `raw` is the payload as a 1-D uint8

@@ -10,7 +10,8 @@ usage: ember COMMAND [ARGS]
 commands:
   run SCRIPT [ARGS]          run a Lua script as a task on ember's loop
                              (SCRIPT "-" reads it from standard input)
-  launch -n N SCRIPT [ARGS]  start N local workers (comes with ember.rpc)
+  launch -n N SCRIPT [ARGS]  start N workers, each running SCRIPT with its
+                             rank (see ember launch --help)
   repl [--join HOST:PORT]    an interactive Lua REPL with ember loaded
                              (--join comes with ember.rpc)
   help                       show this help
@@ -33,6 +34,21 @@ local function describe_error(err)
   return tostring(err)
 end
 
+-- A script that leaves RPC running: shut it down as the script ends, politely
+-- when it succeeded, at once when it failed.
+local function shutdown_rpc(succeeded)
+  local rpc = package.loaded["ember.rpc"]
+  if rpc == nil or not rpc.is_initialized() then return true end
+  local task = ember.spawn(rpc.shutdown, { graceful = succeeded })
+  local ok, err = pcall(core.run, task)
+  if ok then ok, err = pcall(task.value, task) end
+  if not ok then
+    stderr("ember: rpc.shutdown at the end of the script failed: ",
+      describe_error(err), "\n")
+  end
+  return ok
+end
+
 -- Runs `task` (a future) to completion, then the loop until nothing is left.
 -- Returns the exit status.
 local function finish(task, name)
@@ -44,13 +60,16 @@ local function finish(task, name)
     else
       stderr("ember: ", describe_error(err), "\n")
     end
+    shutdown_rpc(false)
     return 1
   end
   local done, value = pcall(task.value, task)
   if not done then
     stderr("ember: ", describe_error(value), "\n")
+    shutdown_rpc(false)
     return 1
   end
+  if not shutdown_rpc(true) then return 1 end
   -- Timers and tasks the script left running still get to finish.
   core.run()
   return 0
@@ -70,6 +89,10 @@ local function run_script(progname, args)
   local script_arg = { [-2] = progname, [-1] = "run" }
   for i = 1, #args do script_arg[i - 1] = args[i] end
   _G.arg = script_arg
+  -- The script's globals are module "__main__" for function references.
+  package.loaded.__main__ = _G
+  -- Launched workers write into pipes: keep their lines flowing.
+  if os.getenv("EMBER_LAUNCHED") == "1" then io.stdout:setvbuf("line") end
   return finish(ember.spawn(chunk, table.unpack(args, 2)), script)
 end
 
@@ -106,9 +129,7 @@ function cli.main(argv)
     end
     return require("ember.repl").run { banner = version_line() }
   elseif command == "launch" then
-    stderr("ember launch: starting workers needs ember.rpc, which this ",
-      "build does not have yet\n")
-    return 2
+    return require("ember.launch").main(progname, rest)
   end
   stderr("ember: unknown command '", command, "'\n",
     "run 'ember --help' for the list of commands\n")

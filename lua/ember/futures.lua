@@ -69,4 +69,58 @@ function futures.wait_all(list)
   return values
 end
 
+-- futures.wait_any(list, {count=, timeout=}): waits until `count` (default 1)
+-- of the futures are done (failed ones count) or `timeout` seconds pass;
+-- returns the list of done futures and the list of the others, each in the
+-- order of `list` (as ray.wait does). Never raises a future's error.
+function futures.wait_any(list, opts)
+  local n = check_list(list, "wait_any")
+  if opts ~= nil and type(opts) ~= "table" then
+    error("wait_any: options must be a table, got " .. type(opts), 2)
+  end
+  opts = opts or {}
+  local count = opts.count or 1
+  if math.type(count) ~= "integer" or count < 0 or count > n then
+    error(("wait_any: count must be an integer from 0 to %d (the list's " ..
+      "length), got %s"):format(n, tostring(count)), 2)
+  end
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or
+      timeout < 0) then
+    error("wait_any: timeout must be a number of seconds >= 0", 2)
+  end
+  local function split()
+    local done, not_done = {}, {}
+    for i = 1, n do
+      local f = list[i]
+      if f:done() then done[#done + 1] = f else not_done[#not_done + 1] = f end
+    end
+    return done, not_done
+  end
+  local done_count = 0
+  for i = 1, n do
+    if list[i]:done() then done_count = done_count + 1 end
+  end
+  if done_count >= count or timeout == 0 then return split() end
+  local enough = core.Future()
+  local function one_done()
+    done_count = done_count + 1
+    if done_count >= count and not enough:done() then enough:set_result(true) end
+  end
+  for i = 1, n do
+    if not list[i]:done() then list[i]:add_done_callback(one_done) end
+  end
+  local timer
+  if timeout ~= nil then
+    timer = core.timer(timeout)
+    timer:add_done_callback(function()
+      if not enough:done() then enough:set_result(false) end
+    end)
+  end
+  enough:wait()
+  -- Completing the timer's future cancels it.
+  if timer ~= nil and not timer:done() then timer:set_result(nil) end
+  return split()
+end
+
 return futures

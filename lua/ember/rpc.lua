@@ -1,0 +1,646 @@
+-- ember.rpc: named workers calling each other's functions (torch.distributed.rpc
+-- for Lua). The agent in C moves frames; this module holds the policy: the
+-- rendezvous, which function a request runs, errors, and shutdown.
+local core = require "ember.core"
+local futures = require "ember.futures"
+
+local rpc = { functions = {} }
+
+local DEFAULT_TIMEOUT = 60
+local FOREVER = 365 * 24 * 3600
+
+-- The running world, or nil before init_rpc and after shutdown.
+local state = nil
+
+local function fail(code, fmt, ...)
+  error(core.new_error(code, fmt:format(...)), 3)
+end
+
+-- --- Classes that travel ----------------------------------------------------
+
+-- rpc.register_class(name, mt): instances of mt may travel by value.
+function rpc.register_class(name, mt)
+  if type(name) ~= "string" or name == "" then
+    error("register_class: name must be a non-empty string", 2)
+  end
+  if type(mt) ~= "table" then
+    error("register_class: mt must be a metatable (a table)", 2)
+  end
+  core.wire_register_class(name, mt)
+  return mt
+end
+
+local WorkerInfo = {}
+WorkerInfo.__index = WorkerInfo
+WorkerInfo.__name = "ember.WorkerInfo"
+function WorkerInfo.__tostring(w)
+  return ("WorkerInfo(id=%d, name=%s)"):format(w.id, w.name)
+end
+function WorkerInfo.__eq(a, b)
+  return a.id == b.id and a.name == b.name
+end
+rpc.register_class("ember.WorkerInfo", WorkerInfo)
+
+local function worker_info(name, id)
+  return setmetatable({ name = name, id = id }, WorkerInfo)
+end
+
+-- A remote function's error: the worker it ran on, its message and traceback.
+local RemoteError = {}
+RemoteError.__index = RemoteError
+RemoteError.__name = "ember.RemoteError"
+function RemoteError.__tostring(e)
+  local text = ("RemoteError on worker '%s': %s"):format(
+    tostring(e.worker), tostring(e.message))
+  if e.traceback ~= nil and e.traceback ~= "" then
+    text = text .. "\nremote " .. tostring(e.traceback):gsub("^\n", "")
+  end
+  return text
+end
+rpc.register_class("ember.RemoteError", RemoteError)
+rpc.RemoteError = RemoteError
+
+function rpc.is_remote_error(value)
+  return getmetatable(value) == RemoteError
+end
+
+local function remote_error(message, traceback, code)
+  return setmetatable({
+    code = "EREMOTE", remote_code = code, message = message,
+    traceback = traceback, worker = state and state.name or "?",
+  }, RemoteError)
+end
+
+-- Turns whatever a remote function raised into a RemoteError (xpcall handler).
+local function to_remote_error(err)
+  if getmetatable(err) == RemoteError then return err end
+  if core.is_error(err) then
+    return remote_error(err.message, err.traceback or debug.traceback("", 2),
+      err.code)
+  end
+  local message = type(err) == "string" and err or tostring(err)
+  local traceback
+  local at = message:find("\nstack traceback:\n", 1, true)
+  if at then
+    traceback = message:sub(at + 1)
+    message = message:sub(1, at - 1)
+  else
+    traceback = debug.traceback("", 2)
+  end
+  return remote_error(message, traceback)
+end
+
+-- --- Function references ------------------------------------------------------
+
+-- A function travels as "module:path": the module it is reachable from in
+-- package.loaded (the script being run is "__main__"), and the fields leading
+-- to it. Only functions reachable that way can be called remotely.
+local ref_of = setmetatable({}, { __mode = "k" })
+local MAX_SCAN_DEPTH = 4
+
+local function scan_table(t, module, path, depth, seen)
+  if seen[t] or depth > MAX_SCAN_DEPTH then return end
+  seen[t] = true
+  for key, value in next, t do
+    if type(key) == "string" and key:match("^[%a_][%w_]*$") then
+      local sub = path == "" and key or path .. "." .. key
+      if type(value) == "function" then
+        if ref_of[value] == nil then ref_of[value] = module .. ":" .. sub end
+      elseif type(value) == "table" and getmetatable(value) == nil then
+        scan_table(value, module, sub, depth + 1, seen)
+      end
+    end
+  end
+end
+
+local function scan_loaded()
+  local loaded = package.loaded
+  local seen = { [loaded] = true }
+  local names = {}
+  for name, value in next, loaded do
+    if type(name) == "string" and name ~= "_G" and name ~= "__main__" then
+      names[#names + 1] = name
+      if type(value) == "function" and ref_of[value] == nil then
+        ref_of[value] = name
+      end
+    end
+  end
+  table.sort(names)
+  -- Modules first: a function that is also a global of the script is better
+  -- named by its module, which any worker can load.
+  for _, name in ipairs(names) do
+    if type(loaded[name]) == "table" then
+      scan_table(loaded[name], name, "", 0, seen)
+    end
+  end
+  if type(loaded.__main__) == "table" then
+    scan_table(loaded.__main__, "__main__", "", 0, seen)
+  end
+end
+
+-- The "module:path" of a function, or nil and why not.
+local function function_ref(fn)
+  local ref = ref_of[fn]
+  if ref == nil then
+    scan_loaded()
+    ref = ref_of[fn]
+  end
+  if ref == nil then
+    return nil, "the function is not reachable from a loaded module or a " ..
+      "global of the main script, so no worker can call it; define it in " ..
+      "a module, or as a global of the script"
+  end
+  return ref
+end
+rpc.function_ref = function_ref
+
+local loaded_refs = {}
+
+-- The function a "module:path" names, loading the module if needed.
+local function function_load(ref)
+  local fn = loaded_refs[ref]
+  if fn ~= nil then return fn end
+  if type(ref) ~= "string" then
+    error(("a function reference must be a string, got %s"):format(type(ref)), 0)
+  end
+  local module_name, path = ref:match("^([^:]+):?(.*)$")
+  if module_name == nil then
+    error(("'%s' is not a function reference (expected 'module:path')"):format(
+      ref), 0)
+  end
+  local value = package.loaded[module_name]
+  if value == nil then
+    if module_name == "__main__" then
+      error(("unknown function '%s': this worker runs no main script"):format(
+        ref), 0)
+    end
+    local ok, loaded = pcall(require, module_name)
+    if not ok then
+      error(("unknown function '%s': cannot load module '%s': %s"):format(
+        ref, module_name, tostring(loaded)), 0)
+    end
+    value = loaded
+  end
+  local walked = module_name
+  for field in path:gmatch("[^.]+") do
+    if type(value) ~= "table" then
+      error(("unknown function '%s': '%s' is a %s, not a table"):format(
+        ref, walked, type(value)), 0)
+    end
+    value = rawget(value, field)
+    walked = walked .. (walked == module_name and ":" or ".") .. field
+    if value == nil then
+      error(("unknown function '%s': '%s' does not exist"):format(ref, walked), 0)
+    end
+  end
+  if type(value) ~= "function" then
+    error(("'%s' is a %s, not a function"):format(ref, type(value)), 0)
+  end
+  loaded_refs[ref] = value
+  return value
+end
+rpc.function_load = function_load
+
+core.wire_set_hooks { function_ref = function_ref, function_load = function_load }
+
+-- --- Async execution ------------------------------------------------------------
+
+local async_functions = setmetatable({}, { __mode = "k" })
+
+-- rpc.functions.async_execution(fn): fn returns a future; the reply is sent
+-- when that future completes.
+function rpc.functions.async_execution(fn)
+  if type(fn) ~= "function" then
+    error("async_execution: expected a function, got " .. type(fn), 2)
+  end
+  async_functions[fn] = true
+  return fn
+end
+
+function rpc.functions.is_async_execution(fn)
+  return async_functions[fn] == true
+end
+
+-- --- Serving requests ------------------------------------------------------------
+
+local unpack = table.unpack
+
+local function run_function(fn, args)
+  if type(fn) == "string" then fn = function_load(fn) end
+  local result = fn(unpack(args, 1, args.n or #args))
+  if async_functions[fn] then
+    if not futures.is_future(result) then
+      error(("an async_execution function must return a future, got %s"):format(
+        type(result)), 0)
+    end
+    result = result:wait()
+  end
+  return result
+end
+
+-- Runs one request as a task and sends its answer, whatever happens.
+local function serve(agent, peer, id, fn, args)
+  local ok, result = xpcall(run_function, to_remote_error, fn, args)
+  if state == nil or state.agent ~= agent then return end
+  local sent, err = pcall(agent.respond, agent, peer, id, not ok, result)
+  if not sent then
+    pcall(agent.respond, agent, peer, id, true,
+      remote_error("the result cannot be sent back: " .. tostring(err), ""))
+  end
+end
+
+local spawn = core.spawn
+
+local function on_request(peer, id, decoded, fn, args)
+  local s = state
+  local agent = s.agent
+  if not decoded then
+    pcall(agent.respond, agent, peer, id, true,
+      remote_error("cannot read the request: " .. tostring(fn), ""))
+    return
+  end
+  if s.early ~= nil then
+    -- A peer that knew the world before we did: serve once we know it too.
+    s.early[#s.early + 1] = { peer, id, fn, args }
+    return
+  end
+  spawn(serve, agent, peer, id, fn, args)
+end
+
+local function serve_early_requests(s)
+  local early = s.early
+  s.early = nil
+  for _, r in ipairs(early) do spawn(serve, s.agent, r[1], r[2], r[3], r[4]) end
+end
+
+local function on_peer_lost(peer, why)
+  local s = state
+  if s == nil then return end
+  local info = s.workers[peer]
+  if info then info.lost = true end
+  if s.on_peer_lost then
+    local ok, err = pcall(s.on_peer_lost, info and info.name or peer, why)
+    if not ok then
+      io.stderr:write("ember: error in on_peer_lost: ", tostring(err), "\n")
+    end
+  end
+end
+
+-- --- Rendezvous ------------------------------------------------------------------
+
+local function env_number(...)
+  for i = 1, select("#", ...) do
+    local v = os.getenv((select(i, ...)))
+    if v ~= nil and v ~= "" then return tonumber(v), (select(i, ...)) end
+  end
+  return nil
+end
+
+local function check_integer(value, what, min)
+  if math.type(value) ~= "integer" and not (type(value) == "number" and
+      value == math.floor(value)) then
+    error(("init_rpc: %s must be an integer, got %s"):format(what,
+      tostring(value)), 3)
+  end
+  value = math.tointeger(value)
+  if value < min then
+    error(("init_rpc: %s must be >= %d, got %d"):format(what, min, value), 3)
+  end
+  return value
+end
+
+local function read_options(name, opts)
+  if type(name) ~= "string" or name == "" then
+    error("init_rpc: name must be a non-empty string", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("init_rpc: options must be a table, got " .. type(opts), 3)
+  end
+  opts = opts or {}
+  local o = {}
+  o.rank = opts.rank or env_number("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+  o.world_size = opts.world_size or
+    env_number("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+  if o.rank == nil then
+    error("init_rpc: no rank: pass {rank=} or set RANK (ember launch does)", 3)
+  end
+  if o.world_size == nil then
+    error("init_rpc: no world size: pass {world_size=} or set WORLD_SIZE", 3)
+  end
+  o.rank = check_integer(o.rank, "rank", 0)
+  o.world_size = check_integer(o.world_size, "world_size", 1)
+  if o.rank >= o.world_size then
+    error(("init_rpc: rank %d is not below world_size %d"):format(
+      o.rank, o.world_size), 3)
+  end
+  o.master_addr = opts.master_addr or os.getenv("MASTER_ADDR") or "127.0.0.1"
+  o.master_port = check_integer(opts.master_port or
+    tonumber(os.getenv("MASTER_PORT") or "29500"), "master_port", 1)
+  o.timeout = opts.timeout or DEFAULT_TIMEOUT
+  if type(o.timeout) ~= "number" or o.timeout < 0 then
+    error("init_rpc: timeout must be a number of seconds >= 0", 3)
+  end
+  o.init_timeout = opts.init_timeout or (o.timeout > 0 and o.timeout or FOREVER)
+  o.secret = opts.secret or os.getenv("EMBER_SECRET")
+  if o.secret == "" then o.secret = nil end
+  o.on_peer_lost = opts.on_peer_lost
+  if o.on_peer_lost ~= nil and type(o.on_peer_lost) ~= "function" then
+    error("init_rpc: on_peer_lost must be a function", 3)
+  end
+  o.host = opts.host or os.getenv("EMBER_HOST")
+  o.limits = {
+    max_body = opts.max_body, max_tensors = opts.max_tensors,
+    max_tensor_bytes = opts.max_tensor_bytes,
+    max_message_bytes = opts.max_message_bytes,
+  }
+  return o
+end
+
+local function is_loopback(host)
+  return host == "localhost" or host:match("^127%.") ~= nil or host == "::1"
+end
+
+-- Which address peers reach us at, and which one to listen on.
+local function listen_address(o, store)
+  if o.host then return o.host, o.host end
+  if is_loopback(o.master_addr) then return "127.0.0.1", "127.0.0.1" end
+  local ok, address = pcall(store.local_address, store)
+  if ok and address then return address, "0.0.0.0" end
+  error("init_rpc: cannot tell this worker's address; set EMBER_HOST", 3)
+end
+
+local function worker_key(rank) return "ember/worker/" .. rank end
+
+local INIT_FAILED = "ember/init_failed"
+
+-- Rank 0 serves the store: before it gives up and takes the store away, it
+-- tells the workers that did join why, and gives them a moment to read it.
+local function announce_failure(o, store, message, present)
+  store:set(INIT_FAILED, message):wait()
+  local acks = {}
+  for _, r in ipairs(present) do
+    if r ~= 0 then acks[#acks + 1] = INIT_FAILED .. "/" .. r end
+  end
+  pcall(function() store:wait(acks, 2):wait() end)
+end
+
+local function wait_for_world(o, store)
+  local keys = {}
+  for r = 0, o.world_size - 1 do keys[#keys + 1] = worker_key(r) end
+  local all = store:wait(keys, o.init_timeout)
+  local failed = o.rank ~= 0 and store:get(INIT_FAILED, o.init_timeout) or nil
+  if failed then failed:add_done_callback(function() end) end
+  futures.wait_any({ all, failed }, {})
+  if failed and failed:done() and not failed:failed() then
+    store:set(INIT_FAILED .. "/" .. o.rank, "1"):wait()
+    fail("ETIMEDOUT", "%s", failed:value())
+  end
+  local ok, err = pcall(all.wait, all)
+  if ok then return keys end
+  if core.is_error(err) and err.code == "ETIMEDOUT" then
+    local there = store:check(keys):wait()
+    local missing, present = {}, {}
+    for i = 1, #keys do
+      if there[i] then present[#present + 1] = i - 1
+      else missing[#missing + 1] = tostring(i - 1) end
+    end
+    local message = ("init_rpc: timed out after %g s waiting for rank%s %s " ..
+      "(of %d) to join at %s:%d"):format(o.init_timeout,
+      #missing == 1 and "" or "s", table.concat(missing, ", "), o.world_size,
+      o.master_addr, o.master_port)
+    if o.rank == 0 then announce_failure(o, store, message, present) end
+    fail("ETIMEDOUT", "%s", message)
+  end
+  error(err, 0)
+end
+
+local function read_world(o, store, keys, agent)
+  local workers, by_name, addresses = {}, {}, {}
+  for r = 0, o.world_size - 1 do
+    local name, host, port = string.unpack("s4s4I4", store:get(keys[r + 1],
+      o.init_timeout):wait())
+    if by_name[name] then
+      fail("EINVAL", "init_rpc: ranks %d and %d are both named '%s'",
+        by_name[name].id, r, name)
+    end
+    workers[r] = worker_info(name, r)
+    by_name[name] = workers[r]
+    addresses[r] = { host = host, port = port }
+    if r ~= o.rank then agent:add_peer(r, name, host, port) end
+  end
+  return workers, by_name, addresses
+end
+
+-- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
+-- timeout=, secret=, on_peer_lost=}): joins the world; returns when every
+-- worker has joined.
+function rpc.init_rpc(name, opts)
+  if state ~= nil then
+    error(("init_rpc: already initialised as '%s'"):format(state.name), 2)
+  end
+  local o = read_options(name, opts)
+  local s = { name = name, rank = o.rank, world_size = o.world_size,
+    timeout = o.timeout, on_peer_lost = o.on_peer_lost, options = o,
+    workers = {}, by_name = {}, addresses = {}, early = {} }
+  local ok, err = pcall(function()
+    if o.rank == 0 then
+      s.server = core.store_serve(is_loopback(o.master_addr) and
+        o.master_addr or "0.0.0.0", o.master_port)
+    end
+    s.store = core.store_connect(o.master_addr, o.master_port,
+      o.init_timeout):wait()
+    local advertised, bind = listen_address(o, s.store)
+    local limits = o.limits
+    s.agent = core.agent_new {
+      name = name, id = o.rank, secret = o.secret,
+      on_request = on_request, on_peer_lost = on_peer_lost,
+      max_body = limits.max_body, max_tensors = limits.max_tensors,
+      max_tensor_bytes = limits.max_tensor_bytes,
+      max_message_bytes = limits.max_message_bytes,
+    }
+    state = s
+    local port = s.agent:listen(bind, 0)
+    s.store:set(worker_key(o.rank), string.pack("s4s4I4", name, advertised,
+      port)):wait()
+    local keys = wait_for_world(o, s.store)
+    s.workers, s.by_name, s.addresses = read_world(o, s.store, keys, s.agent)
+    serve_early_requests(s)
+  end)
+  if not ok then
+    state = nil
+    if s.agent then s.agent:close() end
+    if s.store then s.store:close() end
+    if s.server then s.server:close() end
+    error(err, 2)
+  end
+end
+
+function rpc.is_initialized()
+  return state ~= nil
+end
+
+local function check_state(fname)
+  if state == nil then
+    fail("EINVAL", "%s: RPC is not initialised (call rpc.init_rpc first)", fname)
+  end
+  return state
+end
+
+-- The worker id of `to`: a name, a WorkerInfo or an id.
+local function peer_id(s, to, fname)
+  local kind = type(to)
+  if kind == "string" then
+    local info = s.by_name[to]
+    if info == nil then
+      fail("EINVAL", "%s: no worker named '%s'", fname, to)
+    end
+    return info.id
+  elseif kind == "number" then
+    if s.workers[to] == nil then
+      fail("EINVAL", "%s: no worker with id %s (ids are 0 to %d)", fname,
+        tostring(to), s.world_size - 1)
+    end
+    return math.tointeger(to)
+  elseif getmetatable(to) == WorkerInfo then
+    return peer_id(s, to.name, fname)
+  end
+  fail("EINVAL", "%s: 'to' must be a worker name, WorkerInfo or id, got %s",
+    fname, kind)
+end
+
+-- rpc.get_worker_info([name]): {name=, id=}; this worker's without a name.
+function rpc.get_worker_info(name)
+  local s = check_state("get_worker_info")
+  if name == nil then return s.workers[s.rank] end
+  return s.workers[peer_id(s, name, "get_worker_info")]
+end
+
+-- The listen address of a worker: host, port (for tools and specs).
+function rpc._address_of(to)
+  local s = check_state("_address_of")
+  local address = s.addresses[peer_id(s, to, "_address_of")]
+  return address.host, address.port
+end
+
+function rpc.get_worker_infos()
+  local s = check_state("get_worker_infos")
+  local list = {}
+  for r = 0, s.world_size - 1 do list[#list + 1] = s.workers[r] end
+  return list
+end
+
+-- --- Calls -------------------------------------------------------------------------
+
+local function call_options(s, opts, fname)
+  if opts == nil then return s.timeout end
+  if type(opts) ~= "table" then
+    fail("EINVAL", "%s: options must be a table, got %s", fname, type(opts))
+  end
+  local timeout = opts.timeout
+  if timeout == nil then return s.timeout end
+  if type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout then
+    fail("EINVAL", "%s: timeout must be a number of seconds >= 0", fname)
+  end
+  return timeout
+end
+
+local function function_arg(fn, fname)
+  local kind = type(fn)
+  if kind == "string" then return fn end
+  if kind == "function" then
+    local ref, why = function_ref(fn)
+    if ref == nil then fail("EINVAL", "%s: %s", fname, why) end
+    return ref
+  end
+  fail("EINVAL", "%s: fn must be a function or a 'module:path' string, got %s",
+    fname, kind)
+end
+
+-- A call to this worker itself runs here, as a task.
+local function call_self(fn, args)
+  return spawn(function()
+    local ok, result = xpcall(run_function, to_remote_error, fn, args)
+    if not ok then error(result, 0) end
+    return result
+  end)
+end
+
+-- rpc.rpc_async(to, fn, args, {timeout=}): a future of fn(table.unpack(args))
+-- run on `to`.
+function rpc.rpc_async(to, fn, args, opts)
+  local s = check_state("rpc_async")
+  local id = peer_id(s, to, "rpc_async")
+  local ref = function_arg(fn, "rpc_async")
+  if args == nil then
+    args = {}
+  elseif type(args) ~= "table" then
+    fail("EINVAL", "rpc_async: args must be a table (a list), got %s", type(args))
+  end
+  local timeout = call_options(s, opts, "rpc_async")
+  if id == s.rank then return call_self(ref, args) end
+  return s.agent:call(id, ref, args, timeout)
+end
+
+-- rpc.rpc_sync(to, fn, args, {timeout=}): the value, or raises its error.
+function rpc.rpc_sync(to, fn, args, opts)
+  return rpc.rpc_async(to, fn, args, opts):wait()
+end
+
+-- rpc.stats(): counters for calls, bytes and in-flight work, also per peer.
+function rpc.stats()
+  local s = check_state("stats")
+  local stats = s.agent:stats()
+  local peers = {}
+  for id, counters in pairs(stats.peers) do
+    counters.id = id
+    peers[s.workers[id] and s.workers[id].name or tostring(id)] = counters
+  end
+  stats.peers = peers
+  stats.name, stats.rank, stats.world_size = s.name, s.rank, s.world_size
+  return stats
+end
+
+-- --- Shutdown ----------------------------------------------------------------------
+
+local function barrier(s, prefix, timeout)
+  s.store:set(prefix .. s.rank, "1"):wait()
+  local keys = {}
+  for r = 0, s.world_size - 1 do keys[#keys + 1] = prefix .. r end
+  s.store:wait(keys, timeout):wait()
+end
+
+local function close_all(s)
+  if s.agent then s.agent:close() end
+  if s.store then s.store:close() end
+  if s.server then s.server:close() end
+end
+
+-- rpc.shutdown({graceful=true, timeout=}): with graceful (the default), waits
+-- until every worker has finished its outstanding work, then leaves;
+-- otherwise fails pending calls at once and leaves.
+function rpc.shutdown(opts)
+  local s = check_state("shutdown")
+  opts = opts or {}
+  local graceful = opts.graceful ~= false
+  local timeout = opts.timeout or FOREVER
+  if not graceful then
+    state = nil
+    close_all(s)
+    return
+  end
+  local ok, err = pcall(function()
+    s.agent:drained():wait()
+    barrier(s, "ember/shutdown/arrived/", timeout)
+    s.agent:drained():wait()
+    s.agent:goodbye()
+    s.agent:flushed():wait()
+    -- Rank 0 serves the store: it leaves last.
+    s.store:set("ember/shutdown/left/" .. s.rank, "1"):wait()
+    if s.rank == 0 then barrier(s, "ember/shutdown/left/", timeout) end
+  end)
+  state = nil
+  close_all(s)
+  if not ok then error(err, 2) end
+end
+
+return rpc

@@ -1,0 +1,211 @@
+-- Multi-process specs of ember.rpc: each case starts a world of `ember run`
+-- workers (spec/fixtures/rpc/worker.lua CASE) on a free port, bounded in
+-- time, and checks what each worker printed.
+local core = require "ember.core"
+
+local EMBER = os.getenv("EMBER_BIN") or "ember"
+local WORKER = "spec/fixtures/rpc/worker.lua"
+
+local function free_port()
+  local server = core.store_serve("127.0.0.1", 0)
+  local port = server:port()
+  server:close()
+  return port
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if f == nil then return "" end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- Runs `n` workers of `case`; returns a list (by rank, 0-based) of
+-- {status=, output=, results={key=value}}.
+local function run_world(case, n, opts)
+  opts = opts or {}
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local port = free_port()
+  local lines = {}
+  for rank = 0, n - 1 do
+    local env = ("RANK=%d WORLD_SIZE=%d MASTER_ADDR=127.0.0.1 MASTER_PORT=%d %s"):format(
+      rank, n, port, opts.env and opts.env(rank) or "")
+    lines[#lines + 1] = ("(env %s timeout %d %s run %s %s >%s/out.%d 2>&1; echo $? >%s/rc.%d) &"):format(
+      env, opts.timeout or 60, EMBER, WORKER, case, dir, rank, dir, rank)
+  end
+  lines[#lines + 1] = "wait"
+  assert(os.execute(table.concat(lines, "\n")))
+  local workers = {}
+  for rank = 0, n - 1 do
+    local output = read_file(("%s/out.%d"):format(dir, rank))
+    local results = {}
+    for key, value in output:gmatch("RESULT (%S+) ([^\n]*)") do
+      results[key] = value
+    end
+    workers[rank] = {
+      status = tonumber(read_file(("%s/rc.%d"):format(dir, rank))),
+      output = output, results = results,
+    }
+  end
+  os.execute("rm -rf " .. dir)
+  return workers
+end
+
+local function describe_world(workers)
+  local parts = {}
+  for rank = 0, #workers do
+    parts[#parts + 1] = ("--- rank %d (status %s)\n%s"):format(rank,
+      tostring(workers[rank].status), workers[rank].output)
+  end
+  return table.concat(parts, "\n")
+end
+
+local function assert_all_ok(workers)
+  for rank = 0, #workers do
+    assert(workers[rank].status == 0, describe_world(workers))
+    assert(workers[rank].results.done == tostring(rank), describe_world(workers))
+  end
+end
+
+describe("rpc between processes", function()
+  it("calls functions by value, name and id, keeping types", function()
+    local w = run_world("basics", 2)
+    assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("5", r.add)
+    assert.equal("worker1", r.by_id)
+    assert.equal("worker1", r.by_info)
+    assert.equal("2", r.by_string)
+    assert.equal("worker0", r.self)
+    assert.equal("integer,float,float,integer,string,boolean", r.types)
+    assert.equal("1,2.5,x,false,float", r.echo)
+    assert.equal("30", r.async)
+    assert.equal("WorkerInfo(id=0, name=worker0)", r.info)
+    assert.matches("not reachable", r.closure)
+    assert.matches("no worker named 'nobody'", r.no_worker)
+    assert.matches("args must be a table", r.bad_args)
+    assert.matches("args%[1%]%.co", r.bad_value)
+    assert.equal("true", r.stats_sent)
+    assert.equal("true", r.stats_peer)
+    assert.equal("true", r.stats_bytes)
+  end)
+
+  it("returns remote errors with the remote traceback, and times out", function()
+    local w = run_world("errors", 3)
+    assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("true", r.remote_is_error)
+    assert.equal("worker1", r.remote_worker)
+    assert.matches("boom", r.remote_message)
+    assert.equal("true", r.remote_traceback)
+    assert.matches("worker1", r.remote_tostring)
+    assert.matches("boom", r.remote_tostring)
+    assert.matches("traceback", r.remote_tostring)
+    assert.matches("unknown function 'spec.fixtures.rpc.funcs:nope'", r.unknown_fn)
+    assert.equal("true", r.unknown_module)
+    assert.equal("worker2", r.deep_worker)
+    assert.equal("ETIMEDOUT", r.timeout_code)
+    assert.matches("worker1", r.timeout_message)
+    assert.matches("0.2 s", r.timeout_message)
+    assert.equal("true", r.late_dropped)
+    assert.equal("3", r.after_timeout)
+  end)
+
+  it("runs the RFC's async-execution examples and nests three deep", function()
+    local w = run_world("async_execution", 3)
+    assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("6", r.nested)
+    assert.equal("6", r.two_calls)
+    assert.equal("3,7", r.fan_out)
+    assert.equal("11.0/11.0,12.0/12.0,13.0/13.0,14.0/14.0", r.batch)
+    assert.equal("worker1>worker2>worker0", r.deep)
+  end)
+
+  it("serves 10 observers blocked at once on one async-execution function", function()
+    local w = run_world("observers", 11)
+    assert_all_ok(w)
+    for rank = 1, 10 do
+      assert.equal("10", w[rank].results["gate" .. rank])
+    end
+  end)
+
+  it("moves a 256 MiB tensor intact", function()
+    local w = run_world("big_tensor", 2)
+    assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("int32", r.dtype)
+    assert.equal(tostring(64 * 1024 * 1024), r.numel)
+    assert.equal("true", r.sum_ok)
+    assert.equal(tostring(64 * 1024 * 1024 - 1), r.last)
+    assert.equal("4,5,6", r.view_back)
+  end)
+
+  it("fails every pending call to a killed peer within a second", function()
+    local w = run_world("peer_killed", 3)
+    assert.equal(137, w[1].status, describe_world(w)) -- killed: 128 + 9
+    for _, rank in ipairs { 0, 2 } do
+      assert.equal(0, w[rank].status, describe_world(w))
+    end
+    local r = w[0].results
+    assert.is_true(tonumber(r.elapsed) < 1.2, describe_world(w))
+    assert.equal("EPEERLOST", r.code)
+    assert.matches("worker1", r.message)
+    assert.equal("true", r.second_failed)
+    assert.equal("worker1", r.lost)
+    assert.equal("EPEERLOST", r.after_code)
+    assert.equal("3", r.still_serving)
+  end)
+
+  it("shuts down gracefully with calls in flight", function()
+    local w = run_world("graceful", 3)
+    assert_all_ok(w)
+    assert.equal("finished", w[0].results.in_flight)
+  end)
+
+  it("fails pending calls at once on a non-graceful shutdown", function()
+    local w = run_world("not_graceful", 2)
+    assert_all_ok(w)
+    assert.equal("ESHUTDOWN", w[0].results.code)
+    assert.equal("true", w[0].results.quick)
+  end)
+
+  it("rejects a peer with the wrong secret", function()
+    local w = run_world("secret", 3)
+    assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("3", r.good)
+    assert.equal("EPEERLOST", r.bad_code)
+    assert.matches("secret", r.bad_message)
+    assert.matches("secret", w[0].output)
+  end)
+
+  it("drops malformed and oversized frames and keeps serving", function()
+    local w = run_world("malformed", 3)
+    assert_all_ok(w)
+    assert.equal("42", w[0].results.still_answers)
+    for _, name in ipairs { "garbage", "oversized", "early_request", "many_tensors" } do
+      assert.equal("true", w[2].results["sent_" .. name])
+    end
+    assert.matches("bad frame", w[1].output)
+  end)
+
+  it("initialises and shuts down a world of 24 workers", function()
+    local w = run_world("world", 24, { timeout = 120 })
+    assert_all_ok(w)
+    for rank = 0, 23 do assert.equal("true", w[rank].results.ring) end
+  end)
+
+  it("names the ranks that never joined", function()
+    local w = run_world("missing", 3, {
+      env = function() return "WORLD_SIZE=4" end,
+    })
+    for rank = 0, 2 do
+      assert.equal(1, w[rank].status)
+      assert.matches("rank 3 %(of 4%)", w[rank].output)
+    end
+  end)
+end)
