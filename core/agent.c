@@ -249,6 +249,7 @@ static void arm_timer(ember_agent_t *agent) {
   due = agent->heap[0]->deadline;
   if (due == agent->timer_due)
     return;
+  uv_update_time(ember_loop_uv(agent->loop));
   now = uv_now(ember_loop_uv(agent->loop));
   agent->timer_due = due;
   uv_timer_start(&agent->timer, timer_cb, due > now ? due - now : 0, 0);
@@ -308,6 +309,8 @@ int ember_agent_call(ember_agent_t *agent, int peer, ember_wire_msg_t *msg,
                              call->id, msg);
   if (err == 0 && (err = table_insert(agent, call)) == 0 && timeout_ms > 0) {
     call->timeout_ms = timeout_ms;
+    /* Calls made outside the loop find its clock stale: refresh it. */
+    uv_update_time(ember_loop_uv(agent->loop));
     call->deadline = uv_now(ember_loop_uv(agent->loop)) + timeout_ms;
     if ((err = heap_push(agent, call)) != 0)
       table_take(agent, call->id);

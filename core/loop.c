@@ -196,6 +196,9 @@ int ember_loop_timer(ember_loop_t *loop, uint64_t ms, ember_future_t **out) {
   timer->owner.close_cb = timer_close_cb;
   uv_timer_init(&loop->uv, &timer->handle);
   timer->handle.data = timer;
+  /* Code that ran outside the loop for a while finds its clock stale: a
+  ** timer started from it would fire early. */
+  uv_update_time(&loop->uv);
   if ((err = uv_timer_start(&timer->handle, timer_fire_cb, ms, 0)) != 0) {
     uv_close((uv_handle_t *)&timer->handle, timer_close_cb);
     return err;

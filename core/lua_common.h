@@ -80,6 +80,10 @@ void ember__lua_wire_decode(lua_State *L, const char *body, size_t len,
                             ember_tensor_t *const *payloads, uint32_t count,
                             const ember_wire_limits_t *limits);
 
+/* Tells Lua's collector about a tensor's storage (a big one makes it work
+** sooner). Call after a new tensor userdata is made. */
+void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t);
+
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
 void ember__lua_open_tensor(lua_State *L);

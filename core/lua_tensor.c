@@ -23,6 +23,20 @@ typedef struct {
   ember_tensor_t *t; /* NULL once closed */
 } tensor_box_t;
 
+/*
+** Lua's collector sees a tensor as a few bytes of userdata: tell it about the
+** storage too, or big tensors pile up between cycles (and fresh memory is
+** slow to fault in).
+*/
+#define GC_PRESSURE_MIN_BYTES (256u << 10)
+
+void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t) {
+  size_t nbytes = t->storage->nbytes;
+  if (nbytes >= GC_PRESSURE_MIN_BYTES)
+    lua_gc(L, LUA_GCSTEP, (int)(nbytes >> 10 > INT32_MAX ? INT32_MAX
+                                                          : nbytes >> 10));
+}
+
 /* Pushes t, taking the caller's reference. NULL raises the core's error. */
 static void push_tensor(lua_State *L, ember_tensor_t *t) {
   if (t == NULL) {
@@ -34,6 +48,7 @@ static void push_tensor(lua_State *L, ember_tensor_t *t) {
   tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = t;
   luaL_setmetatable(L, TENSOR_METATABLE);
+  ember__lua_account_tensor(L, t);
 }
 
 static ember_tensor_t *to_tensor(lua_State *L, int index) {

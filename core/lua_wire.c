@@ -523,6 +523,7 @@ static void push_tensor_ref(decoder_t *d, const ember_wire_token_t *tok,
                 ember_wire_error());
   }
   box->t->requires_grad = r.requires_grad;
+  ember__lua_account_tensor(d->L, box->t);
   remember_tensor(d, r.index);
 }
 

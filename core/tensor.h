@@ -190,6 +190,10 @@ int ember__begin_in_place(ember_tensor_t *dst, const char *what);
 ember_tensor_t *ember_tensor_new(const int64_t *shape, int ndim,
                                  ember_dtype_t dtype,
                                  const ember_device_t *device);
+/* A new contiguous CPU tensor whose contents are undefined: for memory that
+** is overwritten at once (a payload read from a socket). */
+ember_tensor_t *ember_tensor_empty(const int64_t *shape, int ndim,
+                                   ember_dtype_t dtype);
 /* A new view on t's storage with the given geometry (no autograd). */
 ember_tensor_t *ember_tensor_view_of(const ember_tensor_t *t,
                                      const int64_t *shape,

@@ -1083,8 +1083,7 @@ static int begin_payload(conn_t *conn) {
   while (conn->payload_index < conn->header.tensor_count) {
     uint64_t len = conn->lengths[conn->payload_index];
     int64_t shape[1] = {(int64_t)len};
-    ember_tensor_t *raw = ember_tensor_new(shape, 1, EMBER_UINT8,
-                                           &ember_cpu_device);
+    ember_tensor_t *raw = ember_tensor_empty(shape, 1, EMBER_UINT8);
     if (raw == NULL) {
       conn_close(conn, EMBER_ENOMEM, "out of memory for a %llu-byte tensor",
                  (unsigned long long)len);

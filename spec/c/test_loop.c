@@ -141,7 +141,39 @@ static void test_nested_run_drains_queued_callbacks(void) {
   CHECK_EQ(ember_loop_close(nested.loop), 0);
 }
 
+/* A timer started after a long time outside the loop still waits its time. */
+static void test_timer_after_idle_waits(void) {
+  ember_loop_t *loop;
+  ember_future_t *timer;
+  uint64_t started;
+  CHECK(ember_loop_new(&loop) == 0);
+  uv_run(ember_loop_uv(loop), UV_RUN_NOWAIT); /* the clock is read now */
+  uv_sleep(300);                             /* ... and goes stale */
+  started = uv_hrtime();
+  CHECK(ember_loop_timer(loop, 100, &timer) == 0);
+  CHECK(ember_loop_run_until(loop, timer) == 0);
+  CHECK((uv_hrtime() - started) / 1000000 >= 90);
+  ember_future_release(timer);
+  CHECK(ember_loop_close(loop) == 0);
+}
+
+/* Completing a timer's future early cancels the timer. */
+static void test_timer_cancelled_by_completion(void) {
+  ember_loop_t *loop;
+  ember_future_t *timer;
+  uint64_t started = uv_hrtime();
+  CHECK(ember_loop_new(&loop) == 0);
+  CHECK(ember_loop_timer(loop, 5000, &timer) == 0);
+  CHECK(ember_future_set_result(timer, NULL, NULL) == 0);
+  CHECK(ember_loop_run(loop) == 0); /* nothing keeps it running now */
+  CHECK((uv_hrtime() - started) / 1000000 < 1000);
+  ember_future_release(timer);
+  CHECK(ember_loop_close(loop) == 0);
+}
+
 CHECK_MAIN(CHECK_TEST(test_timer_completes_future),
+           CHECK_TEST(test_timer_after_idle_waits),
+           CHECK_TEST(test_timer_cancelled_by_completion),
            CHECK_TEST(test_run_until_reports_deadlock),
            CHECK_TEST(test_timers_in_deadline_order),
            CHECK_TEST(test_close_with_pending_timer),
