@@ -282,12 +282,58 @@ static void call_free(call_t *call) {
   free(call);
 }
 
-static void fail_call(ember_agent_t *agent, call_t *call, int code,
-                      const char *message) {
-  call_finish(agent, call);
-  COUNT(agent, call->peer, failed, 1);
-  ember_future_fail(call->future, code, "%s", message);
-  call_free(call);
+/*
+** Fails calls already taken out of the table and heap (a list through
+** `next`). Failing one wakes code that may make calls or close the agent, so
+** nothing here may touch the table or the heap.
+*/
+typedef struct {
+  call_t *list;
+  int code;
+  const char *why;
+} detached_t;
+
+static void fail_all(call_t *list, int code, const char *why) {
+  while (list != NULL) {
+    call_t *call = list;
+    list = call->next;
+    ember_future_fail(call->future, code, "%s", why);
+    call_free(call);
+  }
+}
+
+/* Runs later than its caller when that was itself a callback: owns `d`. */
+static void fail_all_cb(ember_future_t *future, void *arg) {
+  detached_t *d = arg;
+  (void)future;
+  fail_all(d->list, d->code, d->why);
+  free(d);
+}
+
+static void fail_detached(ember_agent_t *agent, call_t *list, int code,
+                          const char *why) {
+  detached_t *d;
+  ember_future_t *batch;
+  size_t len = strlen(why);
+  if (list == NULL)
+    return;
+  /*
+  ** Failing them inside a future callback queues their own callbacks until
+  ** all have failed: code woken by the first sees every one failed.
+  */
+  d = malloc(sizeof(*d) + len + 1);
+  batch = d != NULL ? ember_future_new() : NULL;
+  if (batch == NULL || ember_future_add_callback(batch, fail_all_cb, d) != 0) {
+    free(d);
+    fail_all(list, code, why);
+  } else {
+    d->list = list;
+    d->code = code;
+    d->why = memcpy((char *)(d + 1), why, len + 1);
+    ember_future_set_result(batch, NULL, NULL);
+  }
+  if (batch != NULL)
+    ember_future_release(batch);
   check_drained(agent);
 }
 
@@ -333,19 +379,33 @@ static void timer_cb(uv_timer_t *handle) {
   ember_agent_t *agent = (ember_agent_t *)((char *)handle -
                                            offsetof(ember_agent_t, timer));
   uint64_t now = uv_now(ember_loop_uv(agent->loop));
+  call_t *expired = NULL;
   agent->timer_due = 0;
+  /* Take them all out first: failing one runs code that may close us. */
   while (agent->heap_len > 0 && agent->heap[0]->deadline <= now) {
     call_t *call = agent->heap[0];
-    char message[300];
-    const char *name = ember_transport_peer_name(agent->transport, call->peer);
     table_take(agent, call->id);
+    call_finish(agent, call);
     COUNT(agent, call->peer, timeouts, 1);
-    snprintf(message, sizeof(message),
-             "the call to worker '%s' timed out after %.3g s",
-             name != NULL ? name : "?", (double)call->timeout_ms / 1000.0);
-    fail_call(agent, call, UV_ETIMEDOUT, message);
+    COUNT(agent, call->peer, failed, 1);
+    call->next = expired;
+    expired = call;
   }
   arm_timer(agent);
+  while (expired != NULL) {
+    call_t *call = expired;
+    const char *name = agent->transport != NULL
+                           ? ember_transport_peer_name(agent->transport,
+                                                       call->peer)
+                           : NULL;
+    expired = call->next;
+    ember_future_fail(call->future, UV_ETIMEDOUT,
+                      "the call to worker '%s' timed out after %.3g s",
+                      name != NULL ? name : "?",
+                      (double)call->timeout_ms / 1000.0);
+    call_free(call);
+  }
+  check_drained(agent);
 }
 
 static void on_reply(ember_agent_t *agent, int peer, ember_frame_t *frame) {
@@ -407,15 +467,18 @@ int ember_agent_respond(ember_agent_t *agent, int peer, uint64_t request_id,
   int err = ember_transport_send(agent->transport, peer,
                                  failed ? EMBER_MSG_ERROR : EMBER_MSG_RESPONSE,
                                  0, request_id, msg);
+  if (err != 0 && err != EMBER_EPEERLOST)
+    return err; /* still unanswered: the caller answers again */
   COUNT(agent, peer, serving, -1);
   COUNT(agent, peer, served, 1);
   check_drained(agent);
-  return err == EMBER_EPEERLOST ? 0 : err;
+  return 0;
 }
 
-/* Fails every pending call to `peer` (all peers when peer < 0). */
-static void fail_calls_to(ember_agent_t *agent, int peer, int code,
-                          const char *why) {
+/* Takes every pending call to `peer` (all peers when peer < 0) out of the
+** table and heap; returns them as a list. */
+static call_t *detach_calls_to(ember_agent_t *agent, int peer) {
+  call_t *list = NULL;
   for (size_t b = 0; b < agent->bucket_count; b++) {
     call_t **link = &agent->buckets[b];
     while (*link != NULL) {
@@ -426,17 +489,25 @@ static void fail_calls_to(ember_agent_t *agent, int peer, int code,
       }
       *link = call->next;
       agent->call_count--;
-      fail_call(agent, call, code, why);
+      call_finish(agent, call);
+      COUNT(agent, call->peer, failed, 1);
+      call->next = list;
+      list = call;
     }
   }
+  return list;
+}
+
+static void fail_calls_to(ember_agent_t *agent, int peer, int code,
+                          const char *why) {
+  fail_detached(agent, detach_calls_to(agent, peer), code, why);
 }
 
 static void on_peer_lost(void *user, int peer, int code, const char *why) {
   ember_agent_t *agent = user;
-  (void)code;
   /* The owner hears first, so that code woken by the failed calls below
-  ** already knows the peer is gone. */
-  if (agent->cb.on_peer_lost != NULL)
+  ** already knows the peer is gone. A peer that said goodbye was not lost. */
+  if (agent->cb.on_peer_lost != NULL && code != EMBER_ESHUTDOWN)
     agent->cb.on_peer_lost(agent->cb.user, peer, why);
   fail_calls_to(agent, peer, EMBER_EPEERLOST, why);
 }
@@ -522,7 +593,14 @@ void ember_agent_close(ember_agent_t *agent) {
   ember_transport_close(agent->transport);
   agent->transport = NULL;
   free(agent->buckets);
+  agent->buckets = NULL;
+  agent->bucket_count = agent->call_count = 0;
   free(agent->heap);
+  agent->heap = NULL;
+  agent->heap_len = agent->heap_cap = 0;
   free(agent->per_peer);
+  agent->per_peer = NULL;
+  agent->per_peer_count = 0;
+  uv_timer_stop(&agent->timer);
   uv_close((uv_handle_t *)&agent->timer, timer_close_cb);
 }

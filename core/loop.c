@@ -161,7 +161,16 @@ void ember_loop_outside_work_end(ember_loop_t *loop) {
 
 static void timer_close_cb(uv_handle_t *handle) {
   loop_timer_t *timer = handle->data;
-  /* A timer closed before it fired (the loop is closing) abandons its future. */
+  /* A timer closed before it fired (the loop is closing) abandons its
+  ** future; one that others still hold fails instead, so that its callback
+  ** (timer_future_cb) runs now, while `timer` is still alive. */
+  timer->fired = 1;
+  if (ember_future_state(timer->future) == EMBER_FUTURE_PENDING &&
+      ember_future_refs(timer->future) > 1) {
+    ember_future_fail(timer->future, UV_ECANCELED,
+                      "the loop closed before the timer fired");
+    ember_future_mark_observed(timer->future); /* nobody is left to care */
+  }
   ember_future_release(timer->future);
   free(timer);
 }

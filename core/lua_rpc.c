@@ -6,6 +6,7 @@
 ** The policy (names, rendezvous, what a request runs, shutdown) is in
 ** lua/ember/rpc.lua; this file moves bytes between Lua values and the agent.
 */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,11 +100,32 @@ static int run_request(lua_State *L) {
   return 0;
 }
 
+/* Answers a request that Lua could not take with an error message (a
+** msgpack string), so that the caller is not left waiting. */
+static void refuse_request(agent_box_t *box, int peer, uint64_t id,
+                           const char *why) {
+  ember_wire_msg_t msg;
+  size_t len = strlen(why);
+  unsigned char head[5] = {0xdb, (unsigned char)(len >> 24),
+                           (unsigned char)(len >> 16),
+                           (unsigned char)(len >> 8), (unsigned char)len};
+  ember_wire_msg_init(&msg);
+  if (ember_wire_msg_write(&msg, head, sizeof(head)) != 0 ||
+      ember_wire_msg_write(&msg, why, len) != 0) {
+    ember_wire_msg_free(&msg);
+    ember_wire_msg_init(&msg);
+    ember_wire_msg_write(&msg, "\xc0", 1);
+  }
+  ember_agent_respond(box->agent, peer, id, 1, &msg);
+}
+
 static void on_request_cb(void *user, int peer, ember_frame_t *frame) {
   agent_box_t *box = user;
   lua_State *L = box->ctx->L;
+  uint64_t id = frame->header.request_id;
   if (box->ctx->closing || !lua_checkstack(L, 8)) {
     ember_frame_free(frame);
+    refuse_request(box, peer, id, "the worker could not take the request");
     return;
   }
   lua_pushcfunction(L, run_request);
@@ -111,9 +133,13 @@ static void on_request_cb(void *user, int peer, ember_frame_t *frame) {
   lua_pushlightuserdata(L, frame);
   lua_pushinteger(L, peer);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    fprintf(stderr, "ember: error dispatching a request: %s\n",
-            lua_tostring(L, -1));
+    /* The handler never raises once it has the request: this is before. */
+    const char *message = lua_tostring(L, -1);
+    char why[300];
+    snprintf(why, sizeof(why), "the worker could not dispatch the request: %s",
+             message != NULL ? message : "(an error object)");
     lua_pop(L, 1);
+    refuse_request(box, peer, id, why);
   }
   ember_frame_free(frame); /* a no-op when run_request took it */
 }
@@ -152,7 +178,7 @@ static agent_box_t *check_agent(lua_State *L) {
 }
 
 static uint64_t opt_uint(lua_State *L, int table, const char *field,
-                         uint64_t fallback) {
+                         uint64_t fallback, uint64_t max) {
   lua_Integer v;
   int isnum;
   if (lua_getfield(L, table, field) == LUA_TNIL) {
@@ -160,21 +186,23 @@ static uint64_t opt_uint(lua_State *L, int table, const char *field,
     return fallback;
   }
   v = lua_tointegerx(L, -1, &isnum);
-  if (!isnum || v <= 0)
-    luaL_error(L, "agent option '%s' must be a positive integer", field);
+  if (!isnum || v <= 0 || (uint64_t)v > max)
+    luaL_error(L, "agent option '%s' must be an integer from 1 to %I", field,
+               (lua_Integer)max);
   lua_pop(L, 1);
   return (uint64_t)v;
 }
 
 static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
   ember_wire_default_limits(limits);
-  limits->max_body = (uint32_t)opt_uint(L, opts, "max_body", limits->max_body);
-  limits->max_tensors =
-      (uint32_t)opt_uint(L, opts, "max_tensors", limits->max_tensors);
-  limits->max_tensor_bytes =
-      opt_uint(L, opts, "max_tensor_bytes", limits->max_tensor_bytes);
-  limits->max_payload_bytes =
-      opt_uint(L, opts, "max_message_bytes", limits->max_payload_bytes);
+  limits->max_body = (uint32_t)opt_uint(L, opts, "max_body", limits->max_body,
+                                        UINT32_MAX);
+  limits->max_tensors = (uint32_t)opt_uint(L, opts, "max_tensors",
+                                           limits->max_tensors, UINT32_MAX);
+  limits->max_tensor_bytes = opt_uint(L, opts, "max_tensor_bytes",
+                                      limits->max_tensor_bytes, INT64_MAX);
+  limits->max_payload_bytes = opt_uint(L, opts, "max_message_bytes",
+                                       limits->max_payload_bytes, INT64_MAX);
 }
 
 /*

@@ -108,6 +108,7 @@ static ember_storage_t *storage_new(size_t nbytes,
   s->version = 0;
   s->nbytes = nbytes;
   s->device = device;
+  s->reusable_block = 0;
   return s;
 }
 
@@ -204,13 +205,13 @@ static ember_storage_t *storage_new_uninit(size_t nbytes) {
   s->version = 0;
   s->nbytes = nbytes;
   s->device = &ember_cpu_device; /* its free() takes this memory too */
+  s->reusable_block = nbytes >= BLOCK_CACHE_MIN;
   return s;
 }
 
 /* Big blocks from cpu_alloc_uninit are huge-page aligned and sized. */
 static int is_cacheable(const ember_storage_t *s) {
-  return s->device == &ember_cpu_device && s->nbytes >= BLOCK_CACHE_MIN &&
-         ((uintptr_t)s->data & (HUGE_PAGE_BYTES - 1)) == 0;
+  return s->reusable_block && s->device == &ember_cpu_device;
 }
 
 static void storage_release(ember_storage_t *s) {

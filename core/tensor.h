@@ -58,6 +58,8 @@ typedef struct ember_storage_s {
   void *data;
   size_t nbytes;
   const ember_device_t *device;
+  /* Huge-page block of round_up(nbytes, 2 MiB) bytes that may be reused. */
+  unsigned char reusable_block;
 } ember_storage_t;
 
 typedef struct ember_tensor_s {

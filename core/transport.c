@@ -99,7 +99,7 @@ struct peer_s {
   conn_t *conn;     /* the ready connection */
   conn_t *outgoing; /* ours, while its handshake runs */
   frame_queue_t queue; /* frames waiting for a ready connection */
-  int lost, left;
+  int lost, left, left_reported;
   ember_peer_stats_t stats;
 };
 
@@ -570,6 +570,18 @@ static void conn_close(conn_t *conn, int code, const char *fmt, ...) {
     fflush(stderr);
   }
   uv_close((uv_handle_t *)&conn->tcp, conn_close_cb);
+  if (was_active && peer->left && !peer->left_reported && !t->closing &&
+      peer->conn == NULL) {
+    /* It said goodbye: calls still waiting on it will get no answer. */
+    char message[300];
+    peer->left_reported = 1;
+    snprintf(message, sizeof(message), "worker '%s' (id %d) has shut down",
+             peer->name, peer->id);
+    queue_drop(t, &peer->queue);
+    if (t->cb.on_peer_lost != NULL)
+      t->cb.on_peer_lost(t->cb.user, peer->id, EMBER_ESHUTDOWN, message);
+    return;
+  }
   if (code != 0 && was_active && !t->closing && peer->conn == NULL &&
       peer->outgoing == NULL) {
     char message[512];
@@ -831,9 +843,19 @@ static int check_proof(conn_t *conn, char role, const uint8_t *nonce_a,
 static void conn_ready(conn_t *conn) {
   peer_t *peer = conn->peer;
   conn->state = CONN_READY;
-  peer->conn = conn;
   if (peer->outgoing == conn)
     peer->outgoing = NULL;
+  if (peer->conn != NULL) {
+    /* A rare race left two proven connections: both carry the peer's
+    ** frames in, ours keeps carrying frames out. */
+    return;
+  }
+  if (peer->outgoing != NULL) {
+    /* The peer's connection won (lower id): ours is not needed. Its frames
+    ** wait in the peer's queue, so none are lost. */
+    conn_close(peer->outgoing, 0, NULL);
+  }
+  peer->conn = conn;
   queue_splice(&conn->queue, &peer->queue);
   if (conn->queue.head != NULL)
     mark_dirty(conn);
@@ -896,6 +918,10 @@ static void on_hello(conn_t *conn, const handshake_t *h) {
   }
   conn->peer = peer;
   memmove(conn->peer_nonce, h->nonce, NONCE_BYTES);
+  /*
+  ** Only connections that are ours or proven (ready) decide the tie: an
+  ** unauthenticated HELLO must not make us drop a real connection.
+  */
   if (peer->conn != NULL || (peer->outgoing != NULL && t->id < peer->id)) {
     /* Ours wins: the peer will use the connection we made. */
     send_welcome(conn, "duplicate");
@@ -903,11 +929,7 @@ static void on_hello(conn_t *conn, const handshake_t *h) {
     conn->peer = NULL; /* not the peer's connection */
     return;
   }
-  if (peer->outgoing != NULL) {
-    /* Theirs wins (lower id): drop ours quietly. */
-    conn_close(peer->outgoing, 0, NULL);
-  }
-  peer->outgoing = conn; /* held here until AUTH arrives */
+  /* Theirs (the lower id's) wins once it proves itself: see conn_ready. */
   send_welcome(conn, "ok");
   conn->state = CONN_AWAIT_AUTH;
 }
@@ -948,8 +970,6 @@ static void on_auth(conn_t *conn, const handshake_t *h) {
   if (check_proof(conn, 'A', conn->my_nonce, conn->peer_nonce, peer->name,
                   conn->t->name, h, why, sizeof(why)) != 0) {
     conn->peer = NULL;
-    if (peer->outgoing == conn)
-      peer->outgoing = NULL;
     conn_close(conn, EMBER_EINVAL, "worker '%s' failed the handshake: %s",
                peer->name, why);
     return;

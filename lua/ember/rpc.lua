@@ -156,6 +156,29 @@ rpc.function_ref = function_ref
 
 local loaded_refs = {}
 
+-- What a peer may never call: Lua's own libraries (os.execute, io.open,
+-- load, require, ...) and ember's internals. The allow-list is "functions of
+-- your modules and scripts", so these are refused even though reachable.
+local FORBIDDEN_MODULES = {
+  _G = true, os = true, io = true, debug = true, package = true,
+  coroutine = true, string = true, table = true, math = true, utf8 = true,
+  ["ember.core"] = true, ["ember.cli"] = true, ["ember.cli_native"] = true,
+  ["ember.launch"] = true, ["ember.repl"] = true,
+}
+local forbidden_functions = {}
+for _, name in ipairs { "os", "io", "debug", "package", "coroutine", "string",
+    "table", "math", "utf8" } do
+  for _, fn in pairs(_G[name] or {}) do
+    if type(fn) == "function" then forbidden_functions[fn] = true end
+  end
+end
+for _, name in ipairs { "assert", "collectgarbage", "dofile", "error",
+    "getmetatable", "ipairs", "load", "loadfile", "next", "pairs", "pcall",
+    "print", "rawequal", "rawget", "rawlen", "rawset", "require", "select",
+    "setmetatable", "tonumber", "tostring", "type", "xpcall", "warn" } do
+  if type(_G[name]) == "function" then forbidden_functions[_G[name]] = true end
+end
+
 -- The function a "module:path" names, loading the module if needed.
 local function function_load(ref)
   local fn = loaded_refs[ref]
@@ -167,6 +190,10 @@ local function function_load(ref)
   if module_name == nil then
     error(("'%s' is not a function reference (expected 'module:path')"):format(
       ref), 0)
+  end
+  if FORBIDDEN_MODULES[module_name] then
+    error(("'%s' may not be called remotely: module '%s' is Lua's or " ..
+      "ember's own"):format(ref, module_name), 0)
   end
   local value = package.loaded[module_name]
   if value == nil then
@@ -195,6 +222,10 @@ local function function_load(ref)
   end
   if type(value) ~= "function" then
     error(("'%s' is a %s, not a function"):format(ref, type(value)), 0)
+  end
+  if forbidden_functions[value] then
+    error(("'%s' may not be called remotely: it is a function of Lua's " ..
+      "standard library"):format(ref), 0)
   end
   loaded_refs[ref] = value
   return value
