@@ -80,6 +80,18 @@ void ember__lua_wire_decode(lua_State *L, const char *body, size_t len,
                             ember_tensor_t *const *payloads, uint32_t count,
                             const ember_wire_limits_t *limits);
 
+/* A tensor userdata ("ember.Tensor"): a box holding one reference, NULL once
+** closed. lua_tensor.c owns the type; lua_wire.c makes and reads them too. */
+typedef struct {
+  ember_tensor_t *t;
+} ember_lua_tensor_box_t;
+
+/* Pushes an empty box (so that a tensor is anchored before Lua may raise);
+** the caller stores its tensor in it. */
+ember_lua_tensor_box_t *ember__lua_push_tensor_box(lua_State *L);
+/* The box at `index`, or NULL when the value is not a tensor. */
+ember_lua_tensor_box_t *ember__lua_tensor_box_at(lua_State *L, int index);
+
 /* Tells Lua's collector about a tensor's storage (a big one makes it work
 ** sooner). Call after a new tensor userdata is made. */
 void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t);

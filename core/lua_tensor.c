@@ -19,9 +19,18 @@ static const char methods_key = 'm';
 
 /* ---- Boxing ------------------------------------------------------------------ */
 
-typedef struct {
-  ember_tensor_t *t; /* NULL once closed */
-} tensor_box_t;
+typedef ember_lua_tensor_box_t tensor_box_t;
+
+ember_lua_tensor_box_t *ember__lua_push_tensor_box(lua_State *L) {
+  tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->t = NULL;
+  luaL_setmetatable(L, TENSOR_METATABLE);
+  return box;
+}
+
+ember_lua_tensor_box_t *ember__lua_tensor_box_at(lua_State *L, int index) {
+  return luaL_testudata(L, index, TENSOR_METATABLE);
+}
 
 /*
 ** Lua's collector sees a tensor as a few bytes of userdata: tell it about the

@@ -31,33 +31,6 @@ static const char function_load_key = 'l';
 static const char class_by_name_key = 'n';
 static const char class_name_of_key = 'm';
 
-/* ---- Tensor userdata ----------------------------------------------------- */
-
-/*
-** Tensors are lua_tensor.c's userdata: a box holding one reference, with the
-** "ember.Tensor" metatable. lua_tensor.c keeps its box functions static, so
-** this mirrors its layout; replace with its exported helpers when it has them.
-*/
-#define TENSOR_METATABLE "ember.Tensor"
-
-typedef struct {
-  ember_tensor_t *t; /* NULL once closed */
-} tensor_box_t;
-
-/* The box at `index`, or NULL when the value is not a tensor. */
-static tensor_box_t *tensor_box_at(lua_State *L, int index) {
-  return luaL_testudata(L, index, TENSOR_METATABLE);
-}
-
-/* Pushes an empty box; the caller stores its tensor in it, so a tensor is
-** never unanchored while Lua may raise. */
-static tensor_box_t *push_tensor_box(lua_State *L) {
-  tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
-  box->t = NULL;
-  luaL_setmetatable(L, TENSOR_METATABLE);
-  return box;
-}
-
 /* ---- Messages ------------------------------------------------------------ */
 
 static int msg_gc(lua_State *L) {
@@ -322,7 +295,7 @@ static void encode_table(encoder_t *e, int index) {
   close_value(e);
 }
 
-static void encode_tensor(encoder_t *e, const tensor_box_t *box) {
+static void encode_tensor(encoder_t *e, const ember_lua_tensor_box_t *box) {
   uint8_t ext[EMBER_WIRE_TENSOR_EXT_MAX];
   uint32_t index;
   if (box->t == NULL) encode_fail(e, "cannot send a closed tensor");
@@ -335,7 +308,7 @@ static void encode_tensor(encoder_t *e, const tensor_box_t *box) {
 }
 
 static void encode_userdata(encoder_t *e, int index) {
-  tensor_box_t *box = tensor_box_at(e->L, index);
+  ember_lua_tensor_box_t *box = ember__lua_tensor_box_at(e->L, index);
   if (box != NULL) {
     encode_tensor(e, box);
   } else if (lua_getmetatable(e->L, index)) {
@@ -476,7 +449,7 @@ static int push_cached_tensor(decoder_t *d, const ember_wire_tensor_ref_t *r) {
   lua_State *L = d->L;
   if (lua_isnil(L, d->cache)) return 0;
   lua_rawgeti(L, d->cache, (lua_Integer)r->index + 1);
-  tensor_box_t *box = tensor_box_at(L, -1);
+  ember_lua_tensor_box_t *box = ember__lua_tensor_box_at(L, -1);
   const ember_tensor_t *t = box != NULL ? box->t : NULL;
   if (t != NULL && t->dtype == r->dtype && t->ndim == r->ndim &&
       t->requires_grad == r->requires_grad &&
@@ -515,7 +488,7 @@ static void push_tensor_ref(decoder_t *d, const ember_wire_token_t *tok,
                 ember_dtype_name(r.dtype), start);
   }
   if (push_cached_tensor(d, &r)) return;
-  tensor_box_t *box = push_tensor_box(d->L);
+  ember_lua_tensor_box_t *box = ember__lua_push_tensor_box(d->L);
   box->t = ember_wire_tensor_from_payload(d->payloads[r.index], r.dtype,
                                           r.shape, r.ndim);
   if (box->t == NULL) {
@@ -794,7 +767,7 @@ static int w_encode(lua_State *L) {
   lua_pushlstring(L, msg->body != NULL ? msg->body : "", msg->body_len);
   lua_createtable(L, (int)msg->payload_count, 0);
   for (uint32_t i = 0; i < msg->payload_count; i++) {
-    tensor_box_t *box = push_tensor_box(L);
+    ember_lua_tensor_box_t *box = ember__lua_push_tensor_box(L);
     ember_tensor_retain(msg->payloads[i].keep);
     box->t = msg->payloads[i].keep;
     lua_rawseti(L, -2, (lua_Integer)i + 1);
@@ -851,7 +824,7 @@ static int w_decode(lua_State *L) {
   luaL_setmetatable(L, PAYLOADS_METATABLE);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
-    tensor_box_t *box = tensor_box_at(L, -1);
+    ember_lua_tensor_box_t *box = ember__lua_tensor_box_at(L, -1);
     if (box == NULL || box->t == NULL) {
       return luaL_error(L, "payloads[%I] is not a tensor", (LUAI_UACINT)i);
     }
