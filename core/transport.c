@@ -682,58 +682,57 @@ static int send_handshake(conn_t *conn, int kind, ember_wire_msg_t *msg) {
   return 0;
 }
 
-static int send_hello(conn_t *conn) {
+/* HELLO and WELCOME begin alike: [name, id, a fresh nonce, ...]. */
+static void pack_greeting(conn_t *conn, msgpack_packer *pk, size_t fields) {
   ember_transport_t *t = conn->t;
+  randombytes_buf(conn->my_nonce, NONCE_BYTES);
+  msgpack_pack_array(pk, fields);
+  pack_str(pk, t->name);
+  msgpack_pack_int64(pk, t->id);
+  pack_bin(pk, conn->my_nonce, NONCE_BYTES);
+}
+
+/* Our proof of the secret in `role` (empty without a secret). Both sides
+** hash the peer's nonce first, then their own. */
+static void pack_proof(conn_t *conn, msgpack_packer *pk, char role) {
+  ember_transport_t *t = conn->t;
+  uint8_t proof[PROOF_BYTES];
+  if (!t->has_secret) {
+    pack_bin(pk, proof, 0);
+    return;
+  }
+  make_proof(t, role, conn->peer_nonce, conn->my_nonce, t->name,
+             conn->peer->name, proof);
+  pack_bin(pk, proof, PROOF_BYTES);
+}
+
+static int send_hello(conn_t *conn) {
   ember_wire_msg_t msg;
   msgpack_packer pk;
   ember_wire_msg_init(&msg);
   msgpack_packer_init(&pk, &msg, msg_packer_write);
-  randombytes_buf(conn->my_nonce, NONCE_BYTES);
-  msgpack_pack_array(&pk, 3);
-  pack_str(&pk, t->name);
-  msgpack_pack_int64(&pk, t->id);
-  pack_bin(&pk, conn->my_nonce, NONCE_BYTES);
+  pack_greeting(conn, &pk, 3);
   return send_handshake(conn, EMBER_MSG_HELLO, &msg);
 }
 
 static int send_welcome(conn_t *conn, const char *status) {
-  ember_transport_t *t = conn->t;
   ember_wire_msg_t msg;
   msgpack_packer pk;
-  uint8_t proof[PROOF_BYTES];
   ember_wire_msg_init(&msg);
   msgpack_packer_init(&pk, &msg, msg_packer_write);
-  randombytes_buf(conn->my_nonce, NONCE_BYTES);
-  msgpack_pack_array(&pk, 5);
-  pack_str(&pk, t->name);
-  msgpack_pack_int64(&pk, t->id);
-  pack_bin(&pk, conn->my_nonce, NONCE_BYTES);
-  if (t->has_secret) {
-    make_proof(t, 'W', conn->peer_nonce, conn->my_nonce, t->name,
-               conn->peer->name, proof);
-    pack_bin(&pk, proof, PROOF_BYTES);
-  } else {
-    pack_bin(&pk, proof, 0);
-  }
+  pack_greeting(conn, &pk, 5);
+  pack_proof(conn, &pk, 'W');
   pack_str(&pk, status);
   return send_handshake(conn, EMBER_MSG_WELCOME, &msg);
 }
 
 static int send_auth(conn_t *conn) {
-  ember_transport_t *t = conn->t;
   ember_wire_msg_t msg;
   msgpack_packer pk;
-  uint8_t proof[PROOF_BYTES];
   ember_wire_msg_init(&msg);
   msgpack_packer_init(&pk, &msg, msg_packer_write);
   msgpack_pack_array(&pk, 1);
-  if (t->has_secret) {
-    make_proof(t, 'A', conn->peer_nonce, conn->my_nonce, t->name,
-               conn->peer->name, proof);
-    pack_bin(&pk, proof, PROOF_BYTES);
-  } else {
-    pack_bin(&pk, proof, 0);
-  }
+  pack_proof(conn, &pk, 'A');
   return send_handshake(conn, EMBER_MSG_AUTH, &msg);
 }
 
