@@ -512,6 +512,12 @@ static void on_peer_lost(void *user, int peer, int code, const char *why) {
   fail_calls_to(agent, peer, EMBER_EPEERLOST, why);
 }
 
+static void on_unknown_peer(void *user, int peer, const char *name) {
+  ember_agent_t *agent = user;
+  if (agent->cb.on_unknown_peer != NULL)
+    agent->cb.on_unknown_peer(agent->cb.user, peer, name);
+}
+
 /* --- Life cycle --------------------------------------------------------------- */
 
 static void timer_close_cb(uv_handle_t *handle) {
@@ -535,6 +541,7 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   tcb.user = agent;
   tcb.on_frame = on_frame;
   tcb.on_peer_lost = on_peer_lost;
+  tcb.on_unknown_peer = on_unknown_peer;
   if ((err = ember_transport_new(loop, opts, &tcb, &agent->transport)) != 0 ||
       (err = grow_table(agent)) != 0) {
     ember_transport_close(agent->transport);

@@ -37,6 +37,8 @@ typedef struct {
   void (*on_request)(void *user, int peer, ember_frame_t *frame);
   /* The peer is gone; its pending calls fail right after this returns. */
   void (*on_peer_lost)(void *user, int peer, const char *why);
+  /* Optional: an undeclared peer says HELLO (see transport.h). */
+  void (*on_unknown_peer)(void *user, int peer, const char *name);
 } ember_agent_callbacks_t;
 
 /* A new agent on `loop`; free it with ember_agent_close. */

@@ -22,6 +22,7 @@ typedef struct {
   ember_lua_ctx_t *ctx;
   int request_ref; /* Lua handler(peer, id, ok, fn_or_error, args) */
   int lost_ref;    /* Lua handler(peer, why) */
+  int unknown_ref; /* Lua handler(peer, name) */
   ember_wire_limits_t limits;
 } agent_box_t;
 
@@ -168,6 +169,32 @@ static void on_peer_lost_cb(void *user, int peer, const char *why) {
   }
 }
 
+static int run_unknown(lua_State *L) {
+  agent_box_t *box = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, box->unknown_ref);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+static void on_unknown_peer_cb(void *user, int peer, const char *name) {
+  agent_box_t *box = user;
+  lua_State *L = box->ctx->L;
+  if (box->ctx->closing || box->unknown_ref == LUA_NOREF ||
+      !lua_checkstack(L, 6))
+    return;
+  lua_pushcfunction(L, run_unknown);
+  lua_pushlightuserdata(L, box);
+  lua_pushinteger(L, peer);
+  lua_pushstring(L, name);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ember: error in on_unknown_peer: %s\n",
+            lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
 /* --- The Agent type --------------------------------------------------------------- */
 
 static agent_box_t *check_agent(lua_State *L) {
@@ -207,6 +234,7 @@ static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
 
 /*
 ** core.agent_new{name=, id=, secret=, on_request=fn, on_peer_lost=fn,
+** on_unknown_peer=fn(id, name),
 ** max_body=, max_tensors=, max_tensor_bytes=, max_message_bytes=}
 */
 static int agent_new(lua_State *L) {
@@ -220,7 +248,7 @@ static int agent_new(lua_State *L) {
   lua_settop(L, 1);
   box = lua_newuserdatauv(L, sizeof(*box), 0); /* index 2 */
   memset(box, 0, sizeof(*box));
-  box->request_ref = box->lost_ref = LUA_NOREF;
+  box->request_ref = box->lost_ref = box->unknown_ref = LUA_NOREF;
   luaL_setmetatable(L, AGENT_METATABLE);
   box->ctx = ctx;
 
@@ -240,10 +268,15 @@ static int agent_new(lua_State *L) {
     box->lost_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   else
     lua_pop(L, 1);
+  if (lua_getfield(L, 1, "on_unknown_peer") == LUA_TFUNCTION)
+    box->unknown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
 
   callbacks.user = box;
   callbacks.on_request = on_request_cb;
   callbacks.on_peer_lost = on_peer_lost_cb;
+  callbacks.on_unknown_peer = on_unknown_peer_cb;
   if ((err = ember_agent_new(ctx->loop, &opts, &callbacks, &box->agent)) != 0)
     return ember__lua_raise(L, err, "cannot start the RPC agent: %s",
                             ember_strerror(err));
@@ -411,8 +444,9 @@ static void close_box(lua_State *L, agent_box_t *box) {
   if (!box->ctx->closing) {
     luaL_unref(L, LUA_REGISTRYINDEX, box->request_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, box->lost_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, box->unknown_ref);
   }
-  box->request_ref = box->lost_ref = LUA_NOREF;
+  box->request_ref = box->lost_ref = box->unknown_ref = LUA_NOREF;
 }
 
 static int agent_close(lua_State *L) {

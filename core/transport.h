@@ -54,6 +54,12 @@ typedef struct {
   ** says what happened ("connection reset by peer").
   */
   void (*on_peer_lost)(void *user, int peer, int code, const char *why);
+  /*
+  ** Optional (may be NULL): a HELLO came from an id that no ember_transport_add_peer
+  ** declared (a client joining a running world). The HELLO waits; declaring
+  ** the peer answers it. Called once per parked HELLO.
+  */
+  void (*on_unknown_peer)(void *user, int peer, const char *name);
 } ember_transport_callbacks_t;
 
 typedef struct {

@@ -12,6 +12,19 @@ local FOREVER = 365 * 24 * 3600
 -- The running world, or nil before init_rpc and after shutdown.
 local state = nil
 
+-- Other parts of ember.rpc (RRefs, the REPL's join) hook into the life of the
+-- world: hooks[event] is a list of functions run in order.
+--   stats(stats, s)           adds counters to rpc.stats()
+--   before_barrier(s, opts)   graceful shutdown, before the first barrier
+--   after_barrier(s, opts)    graceful shutdown, after it; a second barrier
+--                             follows, so work started here is seen through
+--   closed(s)                 the agent is closed (always, graceful or not)
+local hooks = { stats = {}, before_barrier = {}, after_barrier = {}, closed = {} }
+
+local function run_hooks(event, ...)
+  for _, hook in ipairs(hooks[event]) do hook(...) end
+end
+
 local function fail(code, fmt, ...)
   error(core.new_error(code, fmt:format(...)), 3)
 end
@@ -156,14 +169,25 @@ rpc.function_ref = function_ref
 
 local loaded_refs = {}
 
+-- Functions ember itself serves under reserved names ("ember:rref_fetch"):
+-- they are looked up before the allow-list, which refuses ember's modules.
+local builtins = {}
+
+-- rpc._builtin(name, fn): serves fn as the function reference "ember:<name>".
+function rpc._builtin(name, fn)
+  builtins["ember:" .. name] = fn
+  return "ember:" .. name
+end
+
 -- What a peer may never call: Lua's own libraries (os.execute, io.open,
 -- load, require, ...) and ember's internals. The allow-list is "functions of
 -- your modules and scripts", so these are refused even though reachable.
 local FORBIDDEN_MODULES = {
   _G = true, os = true, io = true, debug = true, package = true,
   coroutine = true, string = true, table = true, math = true, utf8 = true,
-  ["ember.core"] = true, ["ember.cli"] = true, ["ember.cli_native"] = true,
-  ["ember.launch"] = true, ["ember.repl"] = true,
+  ember = true, ["ember.core"] = true, ["ember.cli"] = true,
+  ["ember.cli_native"] = true, ["ember.launch"] = true, ["ember.repl"] = true,
+  ["ember.rpc"] = true, ["ember.rref"] = true, ["ember.futures"] = true,
 }
 local forbidden_functions = {}
 for _, name in ipairs { "os", "io", "debug", "package", "coroutine", "string",
@@ -181,7 +205,7 @@ end
 
 -- The function a "module:path" names, loading the module if needed.
 local function function_load(ref)
-  local fn = loaded_refs[ref]
+  local fn = loaded_refs[ref] or builtins[ref]
   if fn ~= nil then return fn end
   if type(ref) ~= "string" then
     error(("a function reference must be a string, got %s"):format(type(ref)), 0)
@@ -614,7 +638,11 @@ end
 
 -- rpc.rpc_sync(to, fn, args, {timeout=}): the value, or raises its error.
 function rpc.rpc_sync(to, fn, args, opts)
-  return rpc.rpc_async(to, fn, args, opts):wait()
+  -- RRefs (rpc.remote, rpc.RRef) live in their own module, which extends this one.
+package.loaded["ember.rpc"] = rpc
+require "ember.rref"
+
+return rpc.rpc_async(to, fn, args, opts):wait()
 end
 
 -- rpc.stats(): counters for calls, bytes and in-flight work, also per peer.
@@ -628,8 +656,25 @@ function rpc.stats()
   end
   stats.peers = peers
   stats.name, stats.rank, stats.world_size = s.name, s.rank, s.world_size
+  run_hooks("stats", stats, s)
   return stats
 end
+
+-- --- Extensions ------------------------------------------------------------------
+
+-- What the other parts of ember.rpc share with this module.
+rpc._internal = {
+  hooks = hooks,
+  state = function() return state end,
+  peer_id = function(s, to, fname) return peer_id(s, to, fname) end,
+  call_options = function(s, opts, fname) return call_options(s, opts, fname) end,
+  function_arg = function(fn, fname) return function_arg(fn, fname) end,
+  run_function = run_function,
+  to_remote_error = to_remote_error,
+  remote_error = remote_error,
+  is_async_execution = function(fn) return async_functions[fn] == true end,
+  fail = fail,
+}
 
 -- --- Shutdown ----------------------------------------------------------------------
 
@@ -644,6 +689,7 @@ local function close_all(s)
   if s.agent then s.agent:close() end
   if s.store then s.store:close() end
   if s.server then s.server:close() end
+  for _, hook in ipairs(hooks.closed) do pcall(hook, s) end
 end
 
 -- rpc.shutdown({graceful=true, timeout=}): with graceful (the default), waits
@@ -661,8 +707,13 @@ function rpc.shutdown(opts)
   end
   local ok, err = pcall(function()
     s.agent:drained():wait()
+    run_hooks("before_barrier", s, opts)
     barrier(s, "ember/shutdown/arrived/", timeout)
     s.agent:drained():wait()
+    if #hooks.after_barrier > 0 then
+      run_hooks("after_barrier", s, opts)
+      barrier(s, "ember/shutdown/settled/", timeout)
+    end
     s.agent:goodbye()
     s.agent:flushed():wait()
     -- Rank 0 serves the store: it leaves last.
@@ -673,5 +724,9 @@ function rpc.shutdown(opts)
   close_all(s)
   if not ok then error(err, 2) end
 end
+
+-- RRefs (rpc.remote, rpc.RRef) live in their own module, which extends this one.
+package.loaded["ember.rpc"] = rpc
+require "ember.rref"
 
 return rpc

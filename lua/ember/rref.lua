@@ -1,0 +1,2 @@
+-- ember.rref: remote references (rpc.remote, rpc.RRef). Extends ember.rpc.
+return {}
