@@ -28,6 +28,7 @@ struct ember_agent_s {
   ember_handle_owner_t timer_owner; /* the deadline timer's */
   ember_loop_t *loop;
   ember_transport_t *transport;
+  ember_rrefs_t *rrefs;
   ember_agent_callbacks_t cb;
   uint64_t next_id;
   call_t **buckets;
@@ -440,6 +441,18 @@ static void on_reply(ember_agent_t *agent, int peer, ember_frame_t *frame) {
 
 /* --- Requests --------------------------------------------------------------- */
 
+/* An RRef control message. A malformed one is logged and dropped: the peer
+** keeps its connection, as it would for a request we cannot read. */
+static void on_rref_frame(ember_agent_t *agent, int peer, ember_frame_t *frame) {
+  if (ember_rrefs_on_frame(agent->rrefs, peer, frame->header.kind, frame->body,
+                           frame->header.body_len) != 0) {
+    const char *name = ember_transport_peer_name(agent->transport, peer);
+    fprintf(stderr, "ember: dropped an RRef message from worker '%s': %s\n",
+            name != NULL ? name : "?", ember_wire_error());
+  }
+  ember_frame_free(frame);
+}
+
 static void on_frame(void *user, int peer, ember_frame_t *frame) {
   ember_agent_t *agent = user;
   switch (frame->header.kind) {
@@ -456,8 +469,14 @@ static void on_frame(void *user, int peer, ember_frame_t *frame) {
   case EMBER_MSG_ERROR:
     on_reply(agent, peer, frame);
     return;
+  case EMBER_MSG_RREF_FORK:
+  case EMBER_MSG_RREF_CONFIRM:
+  case EMBER_MSG_RREF_DELETE:
+  case EMBER_MSG_RREF_DELETE_ACK:
+  case EMBER_MSG_RREF_CHILD_ACCEPT:
+    on_rref_frame(agent, peer, frame);
+    return;
   default:
-    /* RRef control messages come with the RRef issue. */
     ember_frame_free(frame);
   }
 }
@@ -509,6 +528,9 @@ static void on_peer_lost(void *user, int peer, int code, const char *why) {
   ** already knows the peer is gone. A peer that said goodbye was not lost. */
   if (agent->cb.on_peer_lost != NULL && code != EMBER_ESHUTDOWN)
     agent->cb.on_peer_lost(agent->cb.user, peer, why);
+  /* Gone either way: its forks of our values, ours of its values, and the
+  ** children it was to accept go too. */
+  ember_rrefs_peer_lost(agent->rrefs, peer);
   fail_calls_to(agent, peer, EMBER_EPEERLOST, why);
 }
 
@@ -516,6 +538,18 @@ static void on_unknown_peer(void *user, int peer, const char *name) {
   ember_agent_t *agent = user;
   if (agent->cb.on_unknown_peer != NULL)
     agent->cb.on_unknown_peer(agent->cb.user, peer, name);
+}
+
+static int send_rref_frame(void *user, int peer, int kind,
+                           ember_wire_msg_t *msg) {
+  ember_agent_t *agent = user;
+  return ember_transport_send(agent->transport, peer, kind, 0, 0, msg);
+}
+
+static void on_rref_released(void *user, ember_rref_id_t rref) {
+  ember_agent_t *agent = user;
+  if (agent->cb.on_rref_released != NULL)
+    agent->cb.on_rref_released(agent->cb.user, rref);
 }
 
 /* --- Life cycle --------------------------------------------------------------- */
@@ -531,11 +565,19 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
                     ember_agent_t **out) {
   ember_agent_t *agent = calloc(1, sizeof(*agent));
   ember_transport_callbacks_t tcb;
+  ember_rrefs_ops_t rops;
   int err;
 
   *out = NULL;
   if (agent == NULL)
     return EMBER_ENOMEM;
+  rops.user = agent;
+  rops.send = send_rref_frame;
+  rops.on_released = on_rref_released;
+  if ((agent->rrefs = ember_rrefs_new(opts->id, &rops)) == NULL) {
+    free(agent);
+    return EMBER_ENOMEM;
+  }
   agent->loop = loop;
   agent->cb = *callbacks;
   tcb.user = agent;
@@ -545,6 +587,7 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   if ((err = ember_transport_new(loop, opts, &tcb, &agent->transport)) != 0 ||
       (err = grow_table(agent)) != 0) {
     ember_transport_close(agent->transport);
+    ember_rrefs_free(agent->rrefs);
     free(agent->buckets);
     free(agent);
     return err;
@@ -560,6 +603,10 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
 
 ember_transport_t *ember_agent_transport(ember_agent_t *agent) {
   return agent->transport;
+}
+
+ember_rrefs_t *ember_agent_rrefs(ember_agent_t *agent) {
+  return agent->rrefs;
 }
 
 void ember_agent_stats(const ember_agent_t *agent, ember_agent_stats_t *stats) {
@@ -599,6 +646,8 @@ void ember_agent_close(ember_agent_t *agent) {
   check_drained(agent);
   ember_transport_close(agent->transport);
   agent->transport = NULL;
+  ember_rrefs_free(agent->rrefs);
+  agent->rrefs = NULL;
   free(agent->buckets);
   agent->buckets = NULL;
   agent->bucket_count = agent->call_count = 0;

@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 
+#include "rref.h"
 #include "transport.h"
 
 typedef struct ember_agent_s ember_agent_t;
@@ -39,6 +40,8 @@ typedef struct {
   void (*on_peer_lost)(void *user, int peer, const char *why);
   /* Optional: an undeclared peer says HELLO (see transport.h). */
   void (*on_unknown_peer)(void *user, int peer, const char *name);
+  /* Optional: no other worker refers to our value `rref` any more. */
+  void (*on_rref_released)(void *user, ember_rref_id_t rref);
 } ember_agent_callbacks_t;
 
 /* A new agent on `loop`; free it with ember_agent_close. */
@@ -47,6 +50,10 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
                     ember_agent_t **out);
 
 ember_transport_t *ember_agent_transport(ember_agent_t *agent);
+
+/* The agent's remote references: their control frames go through the
+** agent, and a lost peer drops its forks. NULL once the agent is closed. */
+ember_rrefs_t *ember_agent_rrefs(ember_agent_t *agent);
 
 /*
 ** Sends a request to `peer`: `msg` is taken (as by ember_transport_send).

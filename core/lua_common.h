@@ -96,6 +96,16 @@ ember_lua_tensor_box_t *ember__lua_tensor_box_at(lua_State *L, int index);
 ** sooner). Call after a new tensor userdata is made. */
 void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t);
 
+/* --- The RPC agent (lua_rpc.c) and its RRef methods (lua_rref.c) ---------- */
+
+struct ember_agent_s;
+/* The agent of the Agent userdata at `index`: raises once it is closed,
+** unless closed_ok (then NULL). */
+struct ember_agent_s *ember__lua_agent_at(lua_State *L, int index,
+                                          int closed_ok);
+/* agent:rref_*() methods, merged into the Agent type's methods. */
+extern const luaL_Reg ember__lua_rref_methods[];
+
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
 void ember__lua_open_tensor(lua_State *L);

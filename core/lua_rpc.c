@@ -23,6 +23,7 @@ typedef struct {
   int request_ref; /* Lua handler(peer, id, ok, fn_or_error, args) */
   int lost_ref;    /* Lua handler(peer, why) */
   int unknown_ref; /* Lua handler(peer, name) */
+  int released_ref; /* Lua handler(rref id) */
   ember_wire_limits_t limits;
 } agent_box_t;
 
@@ -145,57 +146,56 @@ static void on_request_cb(void *user, int peer, ember_frame_t *frame) {
   ember_frame_free(frame); /* a no-op when run_request took it */
 }
 
-static int run_lost(lua_State *L) {
-  agent_box_t *box = lua_touserdata(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, box->lost_ref);
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, 3);
-  lua_call(L, 2, 0);
+/* Protected: calls the handler (a registry ref at 1) with the values at 2, 3. */
+static int run_handler(lua_State *L) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, (int)lua_tointeger(L, 1));
+  lua_rotate(L, 2, 1);
+  lua_call(L, lua_gettop(L) - 2, 0);
   return 0;
+}
+
+/* Calls a Lua handler of the agent with (number[, text]); an error in it is
+** reported, not raised: C callbacks have no one to raise to. */
+static void call_handler(agent_box_t *box, int ref, const char *what,
+                         lua_Integer number, const char *text) {
+  lua_State *L = box->ctx->L;
+  if (box->ctx->closing || ref == LUA_NOREF || !lua_checkstack(L, 6))
+    return;
+  lua_pushcfunction(L, run_handler);
+  lua_pushinteger(L, ref);
+  lua_pushinteger(L, number);
+  if (text != NULL)
+    lua_pushstring(L, text);
+  if (lua_pcall(L, text != NULL ? 3 : 2, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ember: error in %s: %s\n", what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
 }
 
 static void on_peer_lost_cb(void *user, int peer, const char *why) {
   agent_box_t *box = user;
-  lua_State *L = box->ctx->L;
-  if (box->ctx->closing || box->lost_ref == LUA_NOREF || !lua_checkstack(L, 6))
-    return;
-  lua_pushcfunction(L, run_lost);
-  lua_pushlightuserdata(L, box);
-  lua_pushinteger(L, peer);
-  lua_pushstring(L, why);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    fprintf(stderr, "ember: error in on_peer_lost: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-}
-
-static int run_unknown(lua_State *L) {
-  agent_box_t *box = lua_touserdata(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, box->unknown_ref);
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, 3);
-  lua_call(L, 2, 0);
-  return 0;
+  call_handler(box, box->lost_ref, "on_peer_lost", peer, why);
 }
 
 static void on_unknown_peer_cb(void *user, int peer, const char *name) {
   agent_box_t *box = user;
-  lua_State *L = box->ctx->L;
-  if (box->ctx->closing || box->unknown_ref == LUA_NOREF ||
-      !lua_checkstack(L, 6))
-    return;
-  lua_pushcfunction(L, run_unknown);
-  lua_pushlightuserdata(L, box);
-  lua_pushinteger(L, peer);
-  lua_pushstring(L, name);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    fprintf(stderr, "ember: error in on_unknown_peer: %s\n",
-            lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
+  call_handler(box, box->unknown_ref, "on_unknown_peer", peer, name);
+}
+
+static void on_rref_released_cb(void *user, ember_rref_id_t rref) {
+  agent_box_t *box = user;
+  call_handler(box, box->released_ref, "on_rref_released", (lua_Integer)rref,
+               NULL);
 }
 
 /* --- The Agent type --------------------------------------------------------------- */
+
+ember_agent_t *ember__lua_agent_at(lua_State *L, int index, int closed_ok) {
+  agent_box_t *box = luaL_checkudata(L, index, AGENT_METATABLE);
+  if (box->agent == NULL && !closed_ok)
+    luaL_error(L, "the RPC agent is shut down");
+  return box->agent;
+}
 
 static agent_box_t *check_agent(lua_State *L) {
   agent_box_t *box = luaL_checkudata(L, 1, AGENT_METATABLE);
@@ -234,7 +234,7 @@ static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
 
 /*
 ** core.agent_new{name=, id=, secret=, on_request=fn, on_peer_lost=fn,
-** on_unknown_peer=fn(id, name),
+** on_unknown_peer=fn(id, name), on_rref_released=fn(rref id),
 ** max_body=, max_tensors=, max_tensor_bytes=, max_message_bytes=}
 */
 static int agent_new(lua_State *L) {
@@ -248,7 +248,8 @@ static int agent_new(lua_State *L) {
   lua_settop(L, 1);
   box = lua_newuserdatauv(L, sizeof(*box), 0); /* index 2 */
   memset(box, 0, sizeof(*box));
-  box->request_ref = box->lost_ref = box->unknown_ref = LUA_NOREF;
+  box->request_ref = box->lost_ref = box->unknown_ref = box->released_ref =
+      LUA_NOREF;
   luaL_setmetatable(L, AGENT_METATABLE);
   box->ctx = ctx;
 
@@ -272,11 +273,16 @@ static int agent_new(lua_State *L) {
     box->unknown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   else
     lua_pop(L, 1);
+  if (lua_getfield(L, 1, "on_rref_released") == LUA_TFUNCTION)
+    box->released_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
 
   callbacks.user = box;
   callbacks.on_request = on_request_cb;
   callbacks.on_peer_lost = on_peer_lost_cb;
   callbacks.on_unknown_peer = on_unknown_peer_cb;
+  callbacks.on_rref_released = on_rref_released_cb;
   if ((err = ember_agent_new(ctx->loop, &opts, &callbacks, &box->agent)) != 0)
     return ember__lua_raise(L, err, "cannot start the RPC agent: %s",
                             ember_strerror(err));
@@ -445,8 +451,10 @@ static void close_box(lua_State *L, agent_box_t *box) {
     luaL_unref(L, LUA_REGISTRYINDEX, box->request_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, box->lost_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, box->unknown_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, box->released_ref);
   }
-  box->request_ref = box->lost_ref = box->unknown_ref = LUA_NOREF;
+  box->request_ref = box->lost_ref = box->unknown_ref = box->released_ref =
+      LUA_NOREF;
 }
 
 static int agent_close(lua_State *L) {
@@ -480,6 +488,7 @@ void ember__lua_open_rpc(lua_State *L) {
     ember__lua_setfuncs(L, 1, agent_metamethods);
     lua_newtable(L);
     ember__lua_setfuncs(L, 1, agent_methods);
+    ember__lua_setfuncs(L, 1, ember__lua_rref_methods);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);

@@ -82,7 +82,8 @@ static int is_known_kind(unsigned kind) {
   case EMBER_MSG_REQUEST: case EMBER_MSG_RESPONSE: case EMBER_MSG_ERROR:
   case EMBER_MSG_HEARTBEAT: case EMBER_MSG_GOODBYE:
   case EMBER_MSG_RREF_FORK: case EMBER_MSG_RREF_CONFIRM:
-  case EMBER_MSG_RREF_DELETE:
+  case EMBER_MSG_RREF_DELETE: case EMBER_MSG_RREF_DELETE_ACK:
+  case EMBER_MSG_RREF_CHILD_ACCEPT:
     return 1;
   default:
     return 0;

@@ -54,10 +54,12 @@ typedef enum {
   /* Liveness and leaving. */
   EMBER_MSG_HEARTBEAT = 20,
   EMBER_MSG_GOODBYE = 21,
-  /* Remote references (the RRef issue): owner/user control messages. */
+  /* Remote references: owner/user control messages (see rref.h). */
   EMBER_MSG_RREF_FORK = 30,
   EMBER_MSG_RREF_CONFIRM = 31,
   EMBER_MSG_RREF_DELETE = 32,
+  EMBER_MSG_RREF_DELETE_ACK = 33,
+  EMBER_MSG_RREF_CHILD_ACCEPT = 34,
   EMBER_MSG_KIND_MAX = 63
 } ember_msg_kind_t;
 

@@ -49,7 +49,7 @@ static void on_lost(void *user, int peer, int code, const char *why) {
 static void make_side(ember_loop_t *loop, side_t *side, const char *name,
                       int id, const char *secret, int *port) {
   ember_transport_opts_t opts;
-  ember_transport_callbacks_t cb = {side, on_frame, on_lost};
+  ember_transport_callbacks_t cb = {side, on_frame, on_lost, NULL};
   memset(side, 0, sizeof(*side));
   opts.name = name;
   opts.id = id;
@@ -298,7 +298,7 @@ static void on_request(void *user, int peer, ember_frame_t *frame) {
 static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
                        int id, int *port) {
   ember_transport_opts_t opts;
-  ember_agent_callbacks_t cb = {server, on_request, NULL};
+  ember_agent_callbacks_t cb = {server, on_request, NULL, NULL, NULL};
   opts.name = name;
   opts.id = id;
   opts.secret = NULL;

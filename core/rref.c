@@ -1,0 +1,594 @@
+/*
+** Remote references: owner and user records and their control messages.
+** See rref.h for the protocol.
+*/
+#include "rref.h"
+
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+/* --- A map from 64-bit keys to records that start with a node ------------ */
+
+typedef struct node_s {
+  uint64_t key;
+  struct node_s *next;
+} node_t;
+
+typedef struct {
+  node_t **buckets;
+  size_t cap; /* a power of two, or 0 */
+  size_t count;
+} map_t;
+
+static size_t slot_of(const map_t *m, uint64_t key) {
+  return (size_t)((key * 0x9e3779b97f4a7c15ull) >> 17) & (m->cap - 1);
+}
+
+static node_t *map_find(const map_t *m, uint64_t key) {
+  if (m->cap == 0)
+    return NULL;
+  for (node_t *n = m->buckets[slot_of(m, key)]; n != NULL; n = n->next)
+    if (n->key == key)
+      return n;
+  return NULL;
+}
+
+static int map_grow(map_t *m) {
+  size_t cap = m->cap ? m->cap * 2 : 64;
+  node_t **old = m->buckets;
+  size_t old_cap = m->cap;
+  node_t **buckets = calloc(cap, sizeof(*buckets));
+  if (buckets == NULL)
+    return EMBER_ENOMEM;
+  m->buckets = buckets;
+  m->cap = cap;
+  for (size_t b = 0; b < old_cap; b++) {
+    node_t *n = old[b];
+    while (n != NULL) {
+      node_t *next = n->next;
+      size_t s = slot_of(m, n->key);
+      n->next = buckets[s];
+      buckets[s] = n;
+      n = next;
+    }
+  }
+  free(old);
+  return 0;
+}
+
+static int map_put(map_t *m, node_t *n) {
+  size_t s;
+  if (m->count >= m->cap && map_grow(m) != 0)
+    return EMBER_ENOMEM;
+  s = slot_of(m, n->key);
+  n->next = m->buckets[s];
+  m->buckets[s] = n;
+  m->count++;
+  return 0;
+}
+
+static void map_remove(map_t *m, node_t *target) {
+  node_t **link = &m->buckets[slot_of(m, target->key)];
+  while (*link != NULL && *link != target)
+    link = &(*link)->next;
+  if (*link != NULL) {
+    *link = target->next;
+    m->count--;
+  }
+}
+
+/* Every record of the map, copied out first, so that fn may remove any. */
+static void map_each(map_t *m, void (*fn)(void *arg, node_t *n), void *arg) {
+  node_t **all;
+  size_t k = 0;
+  if (m->count == 0)
+    return;
+  if ((all = malloc(m->count * sizeof(*all))) == NULL)
+    return;
+  for (size_t b = 0; b < m->cap; b++)
+    for (node_t *n = m->buckets[b]; n != NULL; n = n->next)
+      all[k++] = n;
+  for (size_t i = 0; i < k; i++)
+    fn(arg, all[i]);
+  free(all);
+}
+
+/* --- Records ------------------------------------------------------------------ */
+
+typedef struct {
+  uint64_t fork;
+  int holder;
+} fork_t;
+
+typedef struct {
+  node_t node; /* key: the rref id */
+  fork_t *forks;
+  size_t fork_count, fork_cap;
+} owner_t;
+
+typedef struct {
+  node_t node; /* key: our fork id */
+  ember_rref_id_t rref;
+  int owner, parent;
+  unsigned confirmed : 1, released : 1, deleting : 1;
+  uint32_t children; /* forks we sent on, not yet accepted */
+} user_t;
+
+typedef struct {
+  node_t node; /* key: the child's fork id */
+  uint64_t parent_fork;
+  int worker; /* who received it */
+} child_t;
+
+struct ember_rrefs_s {
+  int self;
+  ember_rrefs_ops_t ops;
+  uint64_t serial;
+  map_t owners, users, children;
+  uint64_t fork_total;
+  uint64_t deleting;
+  uint64_t pending;
+  ember_future_t **waiters;
+  size_t waiter_count;
+};
+
+/* --- Settling ------------------------------------------------------------------ */
+
+static void complete_waiters(ember_rrefs_t *r) {
+  ember_future_t **waiters = r->waiters;
+  size_t n = r->waiter_count;
+  r->waiters = NULL;
+  r->waiter_count = 0;
+  for (size_t i = 0; i < n; i++) {
+    ember_future_set_result(waiters[i], NULL, NULL);
+    ember_future_release(waiters[i]);
+  }
+  free(waiters);
+}
+
+static void pending_add(ember_rrefs_t *r, int delta) {
+  r->pending += (uint64_t)(int64_t)delta;
+  if (r->pending == 0 && r->waiter_count > 0)
+    complete_waiters(r);
+}
+
+ember_future_t *ember_rrefs_settled(ember_rrefs_t *r) {
+  ember_future_t *future = ember_future_new();
+  ember_future_t **grown;
+  if (future == NULL)
+    return NULL;
+  if (r->pending == 0) {
+    ember_future_set_result(future, NULL, NULL);
+    return future;
+  }
+  grown = realloc(r->waiters, (r->waiter_count + 1) * sizeof(*grown));
+  if (grown == NULL) {
+    ember_future_release(future);
+    return NULL;
+  }
+  r->waiters = grown;
+  ember_future_retain(future);
+  grown[r->waiter_count++] = future;
+  return future;
+}
+
+/* --- Sending ------------------------------------------------------------------- */
+
+static int msg_write(void *data, const char *buf, size_t len) {
+  return ember_wire_msg_write(data, buf, len);
+}
+
+/* Sends [a] or [a, b] (ids) to `peer`. */
+static int send_ids(ember_rrefs_t *r, int peer, int kind, uint64_t a,
+                    uint64_t b, int count) {
+  ember_wire_msg_t msg;
+  msgpack_packer pk;
+  ember_wire_msg_init(&msg);
+  msgpack_packer_init(&pk, &msg, msg_write);
+  msgpack_pack_array(&pk, (size_t)count);
+  msgpack_pack_uint64(&pk, a);
+  if (count > 1)
+    msgpack_pack_uint64(&pk, b);
+  return r->ops.send(r->ops.user, peer, kind, &msg);
+}
+
+/* --- Life cycle ----------------------------------------------------------------- */
+
+ember_rrefs_t *ember_rrefs_new(int self, const ember_rrefs_ops_t *ops) {
+  ember_rrefs_t *r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return NULL;
+  r->self = self;
+  r->ops = *ops;
+  return r;
+}
+
+static void free_map(map_t *m, int owners) {
+  for (size_t b = 0; b < m->cap; b++) {
+    node_t *n = m->buckets[b];
+    while (n != NULL) {
+      node_t *next = n->next;
+      if (owners)
+        free(((owner_t *)n)->forks);
+      free(n);
+      n = next;
+    }
+  }
+  free(m->buckets);
+  memset(m, 0, sizeof(*m));
+}
+
+void ember_rrefs_free(ember_rrefs_t *r) {
+  if (r == NULL)
+    return;
+  free_map(&r->owners, 1);
+  free_map(&r->users, 0);
+  free_map(&r->children, 0);
+  complete_waiters(r);
+  free(r);
+}
+
+ember_rref_id_t ember_rrefs_new_id(ember_rrefs_t *r) {
+  return ((uint64_t)(uint32_t)r->self << EMBER_RREF_SERIAL_BITS) | ++r->serial;
+}
+
+int ember_rref_creator(ember_rref_id_t id) {
+  return (int)(id >> EMBER_RREF_SERIAL_BITS);
+}
+
+/* --- Owner side ------------------------------------------------------------------ */
+
+static owner_t *find_owner(const ember_rrefs_t *r, ember_rref_id_t rref) {
+  return (owner_t *)map_find(&r->owners, rref);
+}
+
+int ember_rrefs_owner_add_fork(ember_rrefs_t *r, ember_rref_id_t rref,
+                               uint64_t fork, int holder) {
+  owner_t *o = find_owner(r, rref);
+  if (o == NULL) {
+    if ((o = calloc(1, sizeof(*o))) == NULL)
+      return EMBER_ENOMEM;
+    o->node.key = rref;
+    if (map_put(&r->owners, &o->node) != 0) {
+      free(o);
+      return EMBER_ENOMEM;
+    }
+  }
+  for (size_t i = 0; i < o->fork_count; i++)
+    if (o->forks[i].fork == fork)
+      return 0;
+  if (o->fork_count == o->fork_cap) {
+    size_t cap = o->fork_cap ? o->fork_cap * 2 : 2;
+    fork_t *grown = realloc(o->forks, cap * sizeof(*grown));
+    if (grown == NULL)
+      return EMBER_ENOMEM;
+    o->forks = grown;
+    o->fork_cap = cap;
+  }
+  o->forks[o->fork_count].fork = fork;
+  o->forks[o->fork_count].holder = holder;
+  o->fork_count++;
+  r->fork_total++;
+  return 0;
+}
+
+/* Removes fork i of o; a value with no fork left is released. */
+static void owner_drop_fork(ember_rrefs_t *r, owner_t *o, size_t i) {
+  ember_rref_id_t rref = o->node.key;
+  o->forks[i] = o->forks[--o->fork_count];
+  r->fork_total--;
+  if (o->fork_count > 0)
+    return;
+  map_remove(&r->owners, &o->node);
+  free(o->forks);
+  free(o);
+  if (r->ops.on_released != NULL)
+    r->ops.on_released(r->ops.user, rref);
+}
+
+static void owner_del_fork(ember_rrefs_t *r, ember_rref_id_t rref,
+                           uint64_t fork) {
+  owner_t *o = find_owner(r, rref);
+  if (o == NULL)
+    return;
+  for (size_t i = 0; i < o->fork_count; i++)
+    if (o->forks[i].fork == fork) {
+      owner_drop_fork(r, o, i);
+      return;
+    }
+}
+
+void ember_rrefs_owner_received(ember_rrefs_t *r, uint64_t fork, int parent) {
+  if (parent != r->self)
+    send_ids(r, parent, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1);
+}
+
+int ember_rrefs_owner_forks(const ember_rrefs_t *r, ember_rref_id_t rref) {
+  const owner_t *o = find_owner(r, rref);
+  return o != NULL ? (int)o->fork_count : 0;
+}
+
+/* --- User side ----------------------------------------------------------------------- */
+
+static user_t *find_user(const ember_rrefs_t *r, uint64_t fork) {
+  return (user_t *)map_find(&r->users, fork);
+}
+
+static void user_free(ember_rrefs_t *r, user_t *u) {
+  if (!u->confirmed)
+    pending_add(r, -1);
+  if (u->deleting) {
+    r->deleting--;
+    pending_add(r, -1);
+  }
+  map_remove(&r->users, &u->node);
+  free(u);
+}
+
+/* Deletes the fork at its owner once nothing keeps it. */
+static void user_try_delete(ember_rrefs_t *r, user_t *u) {
+  if (!u->released || !u->confirmed || u->children > 0 || u->deleting)
+    return;
+  u->deleting = 1;
+  r->deleting++;
+  pending_add(r, 1);
+  if (send_ids(r, u->owner, EMBER_MSG_RREF_DELETE, u->rref, u->node.key, 2) != 0)
+    user_free(r, u); /* the owner is gone: nothing to tell it */
+}
+
+int ember_rrefs_user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
+                         int owner, int parent) {
+  user_t *u;
+  if (owner == r->self)
+    return ember__wire_fail(EMBER_EINVAL, "an RRef owned by this worker "
+                            "cannot be held here as a user RRef");
+  if (find_user(r, fork) != NULL)
+    return ember__wire_fail(EMBER_EINVAL, "RRef fork %llu arrived twice",
+                            (unsigned long long)fork);
+  if ((u = calloc(1, sizeof(*u))) == NULL)
+    return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
+  u->node.key = fork;
+  u->rref = rref;
+  u->owner = owner;
+  u->parent = parent;
+  u->confirmed = parent == owner;
+  if (map_put(&r->users, &u->node) != 0) {
+    free(u);
+    return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
+  }
+  if (!u->confirmed)
+    pending_add(r, 1);
+  if (parent != owner && parent != r->self &&
+      send_ids(r, owner, EMBER_MSG_RREF_FORK, rref, fork, 2) != 0)
+    user_free(r, u); /* the owner is gone; the value with it */
+  return 0;
+}
+
+void ember_rrefs_user_confirm(ember_rrefs_t *r, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  if (u == NULL || u->confirmed)
+    return;
+  u->confirmed = 1;
+  pending_add(r, -1);
+  if (u->parent != u->owner && u->parent != r->self)
+    send_ids(r, u->parent, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1);
+  user_try_delete(r, u);
+}
+
+int ember_rrefs_user_state(const ember_rrefs_t *r, uint64_t fork) {
+  const user_t *u = find_user(r, fork);
+  if (u == NULL || u->deleting)
+    return -1;
+  return u->confirmed ? 1 : 0;
+}
+
+void ember_rrefs_user_release(ember_rrefs_t *r, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  if (u == NULL || u->released)
+    return;
+  u->released = 1;
+  user_try_delete(r, u);
+}
+
+int ember_rrefs_user_add_child(ember_rrefs_t *r, uint64_t parent_fork,
+                               uint64_t child_fork, int to) {
+  user_t *u = find_user(r, parent_fork);
+  child_t *c;
+  if (u == NULL || u->released)
+    return ember__wire_fail(EMBER_EINVAL, "this RRef was already deleted");
+  if ((c = calloc(1, sizeof(*c))) == NULL)
+    return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
+  c->node.key = child_fork;
+  c->parent_fork = parent_fork;
+  c->worker = to;
+  if (map_put(&r->children, &c->node) != 0) {
+    free(c);
+    return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
+  }
+  u->children++;
+  pending_add(r, 1);
+  return 0;
+}
+
+/* The child was accepted (or will never be): the parent's fork may go. */
+static void child_done(ember_rrefs_t *r, child_t *c) {
+  user_t *parent = find_user(r, c->parent_fork);
+  map_remove(&r->children, &c->node);
+  free(c);
+  pending_add(r, -1);
+  if (parent != NULL) {
+    parent->children--;
+    user_try_delete(r, parent);
+  }
+}
+
+void ember_rrefs_cancel_fork(ember_rrefs_t *r, ember_rref_id_t rref,
+                             uint64_t fork) {
+  child_t *c = (child_t *)map_find(&r->children, fork);
+  if (c != NULL)
+    child_done(r, c);
+  else
+    owner_del_fork(r, rref, fork);
+}
+
+/* --- Messages ------------------------------------------------------------------------- */
+
+/* Reads [id] or [id, id] from a control body. */
+static int read_ids(const char *body, size_t len, uint64_t *ids, int count) {
+  ember_wire_token_t token;
+  size_t pos = 0;
+  int err;
+  if ((err = ember_wire_read_token(body, len, &pos, &token)) != 0)
+    return err;
+  if (token.type != EMBER_WIRE_ARRAY || token.length != (uint32_t)count)
+    return ember__wire_fail(EMBER_EINVAL, "an RRef control message must be "
+                            "an array of %d ids", count);
+  for (int i = 0; i < count; i++) {
+    if ((err = ember_wire_read_token(body, len, &pos, &token)) != 0)
+      return err;
+    if (token.type == EMBER_WIRE_UINT)
+      ids[i] = token.v.u;
+    else if (token.type == EMBER_WIRE_INT && token.v.i >= 0)
+      ids[i] = (uint64_t)token.v.i;
+    else
+      return ember__wire_fail(EMBER_EINVAL, "an RRef id must be a positive "
+                              "integer, not a %s",
+                              ember_wire_token_name(token.type));
+  }
+  if (pos != len)
+    return ember__wire_fail(EMBER_EINVAL, "trailing bytes after an RRef "
+                            "control message");
+  return 0;
+}
+
+static void on_fork(ember_rrefs_t *r, int peer, const uint64_t *ids) {
+  if (ember_rrefs_owner_add_fork(r, ids[0], ids[1], peer) == 0)
+    send_ids(r, peer, EMBER_MSG_RREF_CONFIRM, ids[1], 0, 1);
+}
+
+static void on_delete(ember_rrefs_t *r, int peer, const uint64_t *ids) {
+  owner_del_fork(r, ids[0], ids[1]);
+  send_ids(r, peer, EMBER_MSG_RREF_DELETE_ACK, ids[1], 0, 1);
+}
+
+static void on_delete_ack(ember_rrefs_t *r, int peer, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  if (u != NULL && u->deleting && u->owner == peer)
+    user_free(r, u);
+}
+
+static void on_child_accept(ember_rrefs_t *r, int peer, uint64_t fork) {
+  child_t *c = (child_t *)map_find(&r->children, fork);
+  (void)peer; /* the child's holder, or the owner on its behalf */
+  if (c != NULL)
+    child_done(r, c);
+}
+
+int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
+                         const char *body, size_t len) {
+  uint64_t ids[2];
+  int two = kind == EMBER_MSG_RREF_FORK || kind == EMBER_MSG_RREF_DELETE;
+  int err = read_ids(body, len, ids, two ? 2 : 1);
+  if (err != 0)
+    return err;
+  switch (kind) {
+  case EMBER_MSG_RREF_FORK:
+    on_fork(r, peer, ids);
+    break;
+  case EMBER_MSG_RREF_CONFIRM: {
+    user_t *u = find_user(r, ids[0]);
+    if (u != NULL && u->owner == peer)
+      ember_rrefs_user_confirm(r, ids[0]);
+    break;
+  }
+  case EMBER_MSG_RREF_DELETE:
+    on_delete(r, peer, ids);
+    break;
+  case EMBER_MSG_RREF_DELETE_ACK:
+    on_delete_ack(r, peer, ids[0]);
+    break;
+  case EMBER_MSG_RREF_CHILD_ACCEPT:
+    on_child_accept(r, peer, ids[0]);
+    break;
+  default:
+    return ember__wire_fail(EMBER_EINVAL, "frame kind %d is not an RRef "
+                            "control message", kind);
+  }
+  return 0;
+}
+
+/* --- Lost peers ------------------------------------------------------------------------- */
+
+typedef struct {
+  ember_rrefs_t *r;
+  int peer;
+} lost_t;
+
+static void drop_forks_held_by(void *arg, node_t *n) {
+  lost_t *lost = arg;
+  owner_t *o = (owner_t *)n;
+  size_t i = o->fork_count;
+  /* Backwards: dropping fork i moves the last one into its place, and the
+  ** record itself goes with the last fork. */
+  while (i-- > 0) {
+    int last = o->fork_count == 1;
+    if (o->forks[i].holder == lost->peer) {
+      owner_drop_fork(lost->r, o, i);
+      if (last)
+        return;
+    }
+  }
+}
+
+static void drop_users_of(void *arg, node_t *n) {
+  lost_t *lost = arg;
+  user_t *u = (user_t *)n;
+  if (u->owner == lost->peer)
+    user_free(lost->r, u);
+}
+
+static void drop_children_at(void *arg, node_t *n) {
+  lost_t *lost = arg;
+  child_t *c = (child_t *)n;
+  if (c->worker == lost->peer)
+    child_done(lost->r, c);
+}
+
+void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
+  lost_t lost = {r, peer};
+  map_each(&r->owners, drop_forks_held_by, &lost);
+  map_each(&r->users, drop_users_of, &lost);
+  map_each(&r->children, drop_children_at, &lost);
+}
+
+/* --- Counters and shutdown ------------------------------------------------------------------ */
+
+void ember_rrefs_stats(const ember_rrefs_t *r, ember_rrefs_stats_t *stats) {
+  stats->owners = r->owners.count;
+  stats->forks = r->fork_total;
+  stats->users = r->users.count - r->deleting;
+  stats->pending = r->pending;
+}
+
+void ember_rrefs_each_held(const ember_rrefs_t *r,
+                           void (*fn)(void *arg, ember_rref_id_t rref,
+                                      uint64_t fork, int owner),
+                           void *arg) {
+  for (size_t b = 0; b < r->users.cap; b++)
+    for (node_t *n = r->users.buckets[b]; n != NULL; n = n->next) {
+      const user_t *u = (const user_t *)n;
+      if (!u->released)
+        fn(arg, u->rref, n->key, u->owner);
+    }
+}
+
+static void release_one(void *arg, node_t *n) {
+  ember_rrefs_user_release(arg, n->key);
+}
+
+void ember_rrefs_release_all(ember_rrefs_t *r) {
+  map_each(&r->users, release_one, r);
+}

@@ -1,0 +1,331 @@
+/*
+** The RRef protocol between simulated workers: each has an ember_rrefs_t
+** whose control frames go into one queue; deliver() hands them over in order,
+** as the transport would.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "error.h"
+#include "rref.h"
+
+#define WORKERS 3
+#define MAX_FRAMES 64
+
+typedef struct {
+  int from, to, kind;
+  char body[64];
+  size_t len;
+} sent_t;
+
+typedef struct {
+  ember_rrefs_t *r[WORKERS];
+  int ids[WORKERS];
+  int lost[WORKERS];
+  sent_t queue[MAX_FRAMES];
+  int head, tail;
+  ember_rref_id_t released[16];
+  int released_count;
+} world_t;
+
+static world_t world;
+
+static int send_cb(void *user, int peer, int kind, ember_wire_msg_t *msg) {
+  int from = *(int *)user;
+  sent_t *s;
+  if (world.lost[peer]) {
+    ember_wire_msg_free(msg);
+    return EMBER_EPEERLOST;
+  }
+  CHECK(world.tail < MAX_FRAMES);
+  CHECK(msg->body_len <= sizeof(s->body));
+  s = &world.queue[world.tail++];
+  s->from = from;
+  s->to = peer;
+  s->kind = kind;
+  memcpy(s->body, msg->body, msg->body_len);
+  s->len = msg->body_len;
+  ember_wire_msg_free(msg);
+  return 0;
+}
+
+static void released_cb(void *user, ember_rref_id_t rref) {
+  (void)user;
+  CHECK(world.released_count < 16);
+  world.released[world.released_count++] = rref;
+}
+
+static void setup(void) {
+  memset(&world, 0, sizeof(world));
+  for (int i = 0; i < WORKERS; i++) {
+    ember_rrefs_ops_t ops = {&world.ids[i], send_cb, released_cb};
+    world.ids[i] = i;
+    world.r[i] = ember_rrefs_new(i, &ops);
+    CHECK(world.r[i] != NULL);
+  }
+}
+
+static void teardown(void) {
+  for (int i = 0; i < WORKERS; i++)
+    ember_rrefs_free(world.r[i]);
+  CHECK_EQ(ember_future_live_count(), 0);
+}
+
+/* Delivers every queued frame (and those they cause); returns how many. */
+static int deliver(void) {
+  int n = 0;
+  while (world.head < world.tail) {
+    sent_t *s = &world.queue[world.head++];
+    if (!world.lost[s->to])
+      CHECK_EQ(ember_rrefs_on_frame(world.r[s->to], s->from, s->kind, s->body,
+                                    s->len), 0);
+    n++;
+  }
+  world.head = world.tail = 0;
+  return n;
+}
+
+static ember_rrefs_stats_t stats_of(int w) {
+  ember_rrefs_stats_t st;
+  ember_rrefs_stats(world.r[w], &st);
+  return st;
+}
+
+static void test_ids_name_their_creator(void) {
+  setup();
+  ember_rref_id_t a = ember_rrefs_new_id(world.r[2]);
+  ember_rref_id_t b = ember_rrefs_new_id(world.r[2]);
+  CHECK(a != b);
+  CHECK_EQ(ember_rref_creator(a), 2);
+  CHECK_EQ(ember_rref_creator(ember_rrefs_new_id(world.r[0])), 0);
+  teardown();
+}
+
+/* remote(): worker 1 asks worker 0 to create a value. */
+static ember_rref_id_t remote_from_1(void) {
+  ember_rref_id_t rref = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], rref, rref, 0, 1), 0);
+  CHECK_EQ(ember_rrefs_user_state(world.r[1], rref), 0);
+  CHECK_EQ(stats_of(1).pending, 1);
+  CHECK_EQ(deliver(), 0); /* the creation request carries it, not a FORK */
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[0], rref, rref, 1), 0);
+  ember_rrefs_user_confirm(world.r[1], rref);
+  CHECK_EQ(ember_rrefs_user_state(world.r[1], rref), 1);
+  CHECK_EQ(stats_of(1).pending, 0);
+  return rref;
+}
+
+static void test_remote_then_release_frees_the_value(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  CHECK_EQ(stats_of(0).owners, 1);
+  CHECK_EQ(stats_of(1).users, 1);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(stats_of(1).users, 0);
+  CHECK_EQ(stats_of(1).pending, 1); /* the DELETE awaits its ACK */
+  CHECK_EQ(deliver(), 2);           /* DELETE, DELETE_ACK */
+  CHECK_EQ(world.released_count, 1);
+  CHECK(world.released[0] == rref);
+  CHECK_EQ(stats_of(0).owners, 0);
+  CHECK_EQ(stats_of(1).pending, 0);
+  CHECK_EQ(ember_rrefs_user_state(world.r[1], rref), -1);
+  teardown();
+}
+
+static void test_release_before_confirmation_waits_for_it(void) {
+  setup();
+  ember_rref_id_t rref = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], rref, rref, 0, 1), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(deliver(), 0); /* no DELETE before the owner has the fork */
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[0], rref, rref, 1), 0);
+  ember_rrefs_user_confirm(world.r[1], rref);
+  CHECK_EQ(deliver(), 2);
+  CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+/* User 1 passes its RRef to user 2 and drops its own at once: the owner must
+** not release the value before 2's fork is registered. */
+static void test_user_to_user_keeps_the_value_alive(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(deliver(), 0); /* held back by the pending child */
+  CHECK_EQ(ember_rrefs_user_new(world.r[2], rref, child, 0, 1), 0);
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], child), 0);
+  deliver(); /* FORK, CONFIRM, CHILD_ACCEPT, DELETE of 1's, its ACK */
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], child), 1);
+  CHECK_EQ(world.released_count, 0);
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 1);
+  CHECK_EQ(stats_of(1).users, 0);
+  CHECK_EQ(stats_of(1).pending, 0);
+  ember_rrefs_user_release(world.r[2], child);
+  deliver();
+  CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+static void test_owner_shares_with_early_registration(void) {
+  setup();
+  ember_rref_id_t rref = ember_rrefs_new_id(world.r[0]);
+  uint64_t fork = ember_rrefs_new_id(world.r[0]);
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[0], rref, fork, 2), 0);
+  CHECK_EQ(ember_rrefs_user_new(world.r[2], rref, fork, 0, 0), 0);
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], fork), 1);
+  CHECK_EQ(deliver(), 0);
+  ember_rrefs_user_release(world.r[2], fork);
+  CHECK_EQ(deliver(), 2);
+  CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+static void test_user_sends_back_to_the_owner(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 0), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(deliver(), 0);
+  ember_rrefs_owner_received(world.r[0], child, 1);
+  deliver(); /* CHILD_ACCEPT, then 1's DELETE and its ACK */
+  CHECK_EQ(world.released_count, 1);
+  CHECK_EQ(stats_of(1).pending, 0);
+  teardown();
+}
+
+static void test_cancelled_forks_are_undone(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  CHECK_EQ(stats_of(1).pending, 1);
+  ember_rrefs_cancel_fork(world.r[1], rref, child);
+  CHECK_EQ(stats_of(1).pending, 0);
+  /* The owner's early fork is taken back the same way. */
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[0], rref, 99, 2), 0);
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 2);
+  ember_rrefs_cancel_fork(world.r[0], rref, 99);
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 1);
+  teardown();
+}
+
+static void test_repeated_messages_are_harmless(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  /* A FORK that arrives twice registers once and confirms twice. */
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[0], rref, rref, 1), 0);
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 1);
+  CHECK(ember_rrefs_user_new(world.r[1], rref, rref, 0, 1) == EMBER_EINVAL);
+  ember_rrefs_user_release(world.r[1], rref);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(deliver(), 2);
+  /* A DELETE of a fork the owner no longer has is still acknowledged. */
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(deliver(), 0);
+  CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+static void test_a_lost_peer_drops_its_forks_and_ours(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1(); /* owned by 0, held by 1 */
+  ember_rref_id_t mine = ember_rrefs_new_id(world.r[1]);
+  /* And 0 holds one of 1's values. */
+  CHECK_EQ(ember_rrefs_user_new(world.r[0], mine, mine, 1, 0), 0);
+  CHECK_EQ(ember_rrefs_owner_add_fork(world.r[1], mine, mine, 0), 0);
+  ember_rrefs_user_confirm(world.r[0], mine);
+  world.lost[1] = 1;
+  ember_rrefs_peer_lost(world.r[0], 1);
+  CHECK_EQ(world.released_count, 1); /* 1's fork of our value */
+  CHECK_EQ(stats_of(0).owners, 0);
+  CHECK_EQ(stats_of(0).users, 0);   /* our fork of 1's value */
+  CHECK_EQ(ember_rrefs_user_state(world.r[0], mine), -1);
+  CHECK(rref != mine);
+  teardown();
+}
+
+static void test_a_lost_peer_releases_pending_children(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  ember_future_t *settled;
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  settled = ember_rrefs_settled(world.r[1]);
+  CHECK(ember_future_state(settled) == EMBER_FUTURE_PENDING);
+  world.lost[2] = 1;
+  ember_rrefs_peer_lost(world.r[1], 2);
+  deliver(); /* 1's fork can go now: DELETE, ACK */
+  CHECK(ember_future_state(settled) != EMBER_FUTURE_PENDING);
+  CHECK_EQ(world.released_count, 1);
+  ember_future_release(settled);
+  teardown();
+}
+
+static void test_sends_to_a_lost_owner_do_not_wait(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  world.lost[0] = 1;
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(stats_of(1).pending, 0);
+  CHECK_EQ(stats_of(1).users, 0);
+  teardown();
+}
+
+static void test_settled_and_release_all(void) {
+  setup();
+  ember_rref_id_t rref = ember_rrefs_new_id(world.r[1]);
+  ember_future_t *settled;
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], rref, rref, 0, 1), 0);
+  settled = ember_rrefs_settled(world.r[1]);
+  CHECK(ember_future_state(settled) == EMBER_FUTURE_PENDING);
+  ember_rrefs_owner_add_fork(world.r[0], rref, rref, 1);
+  ember_rrefs_user_confirm(world.r[1], rref);
+  CHECK(ember_future_state(settled) != EMBER_FUTURE_PENDING);
+  ember_future_release(settled);
+  CHECK_EQ(stats_of(1).users, 1);
+  ember_rrefs_release_all(world.r[1]);
+  CHECK_EQ(deliver(), 2);
+  CHECK_EQ(stats_of(1).users, 0);
+  CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+static void test_malformed_messages_are_refused(void) {
+  setup();
+  /* fixarray of 1 where FORK needs 2; a string id; trailing bytes. */
+  const char one[] = {(char)0x91, 0x05};
+  const char text[] = {(char)0x92, (char)0xa1, 'x', 0x01};
+  const char trailing[] = {(char)0x91, 0x05, 0x00};
+  CHECK(ember_rrefs_on_frame(world.r[0], 1, 30, one, sizeof(one)) ==
+        EMBER_EINVAL);
+  CHECK(strstr(ember_wire_error(), "array of 2 ids") != NULL);
+  CHECK(ember_rrefs_on_frame(world.r[0], 1, 30, text, sizeof(text)) ==
+        EMBER_EINVAL);
+  CHECK(strstr(ember_wire_error(), "positive integer") != NULL);
+  CHECK(ember_rrefs_on_frame(world.r[0], 1, 31, trailing, sizeof(trailing)) ==
+        EMBER_EINVAL);
+  CHECK(ember_rrefs_on_frame(world.r[0], 1, 31, one, 1) == EMBER_EINVAL);
+  CHECK(ember_rrefs_on_frame(world.r[0], 1, 10, one, sizeof(one)) ==
+        EMBER_EINVAL);
+  CHECK_EQ(deliver(), 0);
+  teardown();
+}
+
+CHECK_MAIN(CHECK_TEST(test_ids_name_their_creator),
+           CHECK_TEST(test_remote_then_release_frees_the_value),
+           CHECK_TEST(test_release_before_confirmation_waits_for_it),
+           CHECK_TEST(test_user_to_user_keeps_the_value_alive),
+           CHECK_TEST(test_owner_shares_with_early_registration),
+           CHECK_TEST(test_user_sends_back_to_the_owner),
+           CHECK_TEST(test_cancelled_forks_are_undone),
+           CHECK_TEST(test_repeated_messages_are_harmless),
+           CHECK_TEST(test_a_lost_peer_drops_its_forks_and_ours),
+           CHECK_TEST(test_a_lost_peer_releases_pending_children),
+           CHECK_TEST(test_sends_to_a_lost_owner_do_not_wait),
+           CHECK_TEST(test_settled_and_release_all),
+           CHECK_TEST(test_malformed_messages_are_refused))
