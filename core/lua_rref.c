@@ -40,9 +40,7 @@ static int rref_new_id(lua_State *L) {
 static int rref_add_fork(lua_State *L) {
   int err = ember_rrefs_owner_add_fork(rrefs_at(L), check_id(L, 2),
                                        check_id(L, 3), check_worker(L, 4));
-  if (err != 0)
-    return ember__lua_raise(L, err, "out of memory for an RRef fork");
-  return 0;
+  return err != 0 ? raise_wire_error(L, err) : 0;
 }
 
 /* agent:rref_owner_received(fork, parent) */

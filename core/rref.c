@@ -128,6 +128,7 @@ struct ember_rrefs_s {
   ember_rrefs_ops_t ops;
   uint64_t serial;
   map_t owners, users, children;
+  map_t gone; /* peers lost or left: no fork may be made for them */
   uint64_t fork_total;
   uint64_t deleting;
   uint64_t pending;
@@ -227,6 +228,7 @@ void ember_rrefs_free(ember_rrefs_t *r) {
   free_map(&r->owners, 1);
   free_map(&r->users, 0);
   free_map(&r->children, 0);
+  free_map(&r->gone, 0);
   complete_waiters(r);
   free(r);
 }
@@ -239,6 +241,13 @@ int ember_rref_creator(ember_rref_id_t id) {
   return (int)(id >> EMBER_RREF_SERIAL_BITS);
 }
 
+static int check_peer(const ember_rrefs_t *r, int peer) {
+  if (map_find(&r->gone, (uint64_t)(uint32_t)peer) != NULL)
+    return ember__wire_fail(EMBER_EPEERLOST, "worker %d is gone: an RRef "
+                            "cannot be shared with it", peer);
+  return 0;
+}
+
 /* --- Owner side ------------------------------------------------------------------ */
 
 static owner_t *find_owner(const ember_rrefs_t *r, ember_rref_id_t rref) {
@@ -248,13 +257,16 @@ static owner_t *find_owner(const ember_rrefs_t *r, ember_rref_id_t rref) {
 int ember_rrefs_owner_add_fork(ember_rrefs_t *r, ember_rref_id_t rref,
                                uint64_t fork, int holder) {
   owner_t *o = find_owner(r, rref);
+  int err = check_peer(r, holder);
+  if (err != 0)
+    return err;
   if (o == NULL) {
     if ((o = calloc(1, sizeof(*o))) == NULL)
-      return EMBER_ENOMEM;
+      return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
     o->node.key = rref;
     if (map_put(&r->owners, &o->node) != 0) {
       free(o);
-      return EMBER_ENOMEM;
+      return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
     }
   }
   for (size_t i = 0; i < o->fork_count; i++)
@@ -264,7 +276,7 @@ int ember_rrefs_owner_add_fork(ember_rrefs_t *r, ember_rref_id_t rref,
     size_t cap = o->fork_cap ? o->fork_cap * 2 : 2;
     fork_t *grown = realloc(o->forks, cap * sizeof(*grown));
     if (grown == NULL)
-      return EMBER_ENOMEM;
+      return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
     o->forks = grown;
     o->fork_cap = cap;
   }
@@ -342,6 +354,9 @@ static void user_try_delete(ember_rrefs_t *r, user_t *u) {
 int ember_rrefs_user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
                          int owner, int parent) {
   user_t *u;
+  int err = check_peer(r, owner);
+  if (err != 0)
+    return err;
   if (owner == r->self)
     return ember__wire_fail(EMBER_EINVAL, "an RRef owned by this worker "
                             "cannot be held here as a user RRef");
@@ -397,6 +412,9 @@ int ember_rrefs_user_add_child(ember_rrefs_t *r, uint64_t parent_fork,
                                uint64_t child_fork, int to) {
   user_t *u = find_user(r, parent_fork);
   child_t *c;
+  int err = check_peer(r, to);
+  if (err != 0)
+    return err;
   if (u == NULL || u->released)
     return ember__wire_fail(EMBER_EINVAL, "this RRef was already deleted");
   if ((c = calloc(1, sizeof(*c))) == NULL)
@@ -559,6 +577,13 @@ static void drop_children_at(void *arg, node_t *n) {
 
 void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
   lost_t lost = {r, peer};
+  node_t *gone;
+  if (map_find(&r->gone, (uint64_t)(uint32_t)peer) == NULL &&
+      (gone = calloc(1, sizeof(*gone))) != NULL) {
+    gone->key = (uint64_t)(uint32_t)peer;
+    if (map_put(&r->gone, gone) != 0)
+      free(gone);
+  }
   map_each(&r->owners, drop_forks_held_by, &lost);
   map_each(&r->users, drop_users_of, &lost);
   map_each(&r->children, drop_children_at, &lost);

@@ -63,7 +63,8 @@ int ember_rref_creator(ember_rref_id_t id);
 /* --- Owner side ------------------------------------------------------------ */
 
 /* Registers fork `fork` of our value `rref`, held by worker `holder`
-** (idempotent). Used on sending our RRef, and for remote()'s creation. */
+** (idempotent). Used on sending our RRef, and for remote()'s creation.
+** EMBER_EPEERLOST (with a message) when the holder is gone. */
 int ember_rrefs_owner_add_fork(ember_rrefs_t *r, ember_rref_id_t rref,
                                uint64_t fork, int holder);
 
@@ -111,6 +112,8 @@ void ember_rrefs_cancel_fork(ember_rrefs_t *r, ember_rref_id_t rref,
 int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
                          const char *body, size_t len);
 
+/* The peer is gone (lost, or it left): drop what concerns it. Forks for it
+** are refused from now on (EMBER_EPEERLOST). */
 void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer);
 
 /* A future that completes when no control message awaits an answer (no

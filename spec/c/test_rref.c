@@ -245,6 +245,11 @@ static void test_a_lost_peer_drops_its_forks_and_ours(void) {
   CHECK_EQ(stats_of(0).users, 0);   /* our fork of 1's value */
   CHECK_EQ(ember_rrefs_user_state(world.r[0], mine), -1);
   CHECK(rref != mine);
+  /* Nothing new may be shared with it or held of it. */
+  CHECK(ember_rrefs_owner_add_fork(world.r[0], rref, 77, 1) == EMBER_EPEERLOST);
+  CHECK(strstr(ember_wire_error(), "worker 1 is gone") != NULL);
+  CHECK(ember_rrefs_user_new(world.r[0], 5, 6, 1, 1) == EMBER_EPEERLOST);
+  CHECK_EQ(stats_of(0).owners, 0);
   teardown();
 }
 
