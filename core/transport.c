@@ -20,6 +20,10 @@
 #define DIRECT_READ_MIN (16 * 1024)
 #define MAX_WRITE_BUFS 1024
 #define HANDSHAKE_MAX_BODY 1024
+/* How long a HELLO from an undeclared id may wait for its peer to be declared
+** (a client joining is looked up in the store; a rank of the world is declared
+** as soon as its worker has read the world). */
+#define PARK_TIMEOUT_MS 30000
 
 typedef struct frame_out_s {
   struct frame_out_s *next;
@@ -66,9 +70,10 @@ typedef struct conn_s {
   uint8_t my_nonce[NONCE_BYTES];
   uint8_t peer_nonce[NONCE_BYTES];
   /* A HELLO parked until its peer is declared (workers learn the world at
-  ** slightly different times). */
+  ** slightly different times; clients join while it runs). */
   int parked_id;
   char parked_name[256];
+  uint64_t parked_until; /* loop time (ms) after which it is dropped */
   /* Reading one frame. */
   read_state_t read_state;
   uint8_t header_bytes[EMBER_WIRE_HEADER_SIZE];
@@ -111,6 +116,10 @@ struct ember_transport_s {
   uv_prepare_t flusher;
   ember_handle_owner_t flusher_owner;
   int flusher_open;
+  /* Drops parked HELLOs whose deadline passed; armed while any is parked. */
+  uv_timer_t park_timer;
+  ember_handle_owner_t park_owner;
+  uint64_t park_timeout_ms;
   char *name;
   int id;
   int has_secret;
@@ -860,9 +869,55 @@ static void conn_ready(conn_t *conn) {
     mark_dirty(conn);
 }
 
-/* Keeps the HELLO until ember_transport_add_peer declares its id. */
+/* --- Parked HELLOs ------------------------------------------------------------ */
+
+static void park_timer_cb(uv_timer_t *handle);
+
+/* Arms the park timer for the earliest deadline of the parked HELLOs (or
+** stops it when none is parked). */
+static void arm_park_timer(ember_transport_t *t) {
+  uint64_t now = uv_now(ember_loop_uv(t->loop)), due = 0;
+  for (conn_t *conn = t->conns; conn != NULL; conn = conn->next)
+    if (conn->state == CONN_AWAIT_PEER &&
+        (due == 0 || conn->parked_until < due))
+      due = conn->parked_until;
+  if (due == 0) {
+    uv_timer_stop(&t->park_timer);
+    return;
+  }
+  uv_timer_start(&t->park_timer, park_timer_cb, due > now ? due - now : 0, 0);
+}
+
+static void park_timer_cb(uv_timer_t *handle) {
+  ember_transport_t *t = (ember_transport_t *)((char *)handle -
+                                               offsetof(ember_transport_t,
+                                                        park_timer));
+  uint64_t now = uv_now(ember_loop_uv(t->loop));
+  conn_t *conn = t->conns;
+  while (conn != NULL) {
+    conn_t *next = conn->next;
+    if (conn->state == CONN_AWAIT_PEER && conn->parked_until <= now)
+      conn_close(conn, UV_ETIMEDOUT,
+                 "HELLO from unknown id %d ('%s'): no peer of that id "
+                 "was declared within %.3g s",
+                 conn->parked_id, conn->parked_name,
+                 (double)t->park_timeout_ms / 1000.0);
+    conn = next;
+  }
+  arm_park_timer(t);
+}
+
+void ember__transport_set_park_timeout(ember_transport_t *t, uint64_t ms) {
+  t->park_timeout_ms = ms;
+}
+
+/*
+** Keeps the HELLO until ember_transport_add_peer declares its id, or its
+** deadline passes; tells the owner (on_unknown_peer), who may declare it.
+*/
 static void park_hello(conn_t *conn, const handshake_t *h) {
-  if (h->id < 0 || h->id > 0x7fffffff || h->id == conn->t->id ||
+  ember_transport_t *t = conn->t;
+  if (h->id < 0 || h->id > 0x7fffffff || h->id == t->id ||
       h->name_len >= sizeof(conn->parked_name)) {
     conn_close(conn, EMBER_EINVAL, "HELLO from an unknown worker (id %lld)",
                (long long)h->id);
@@ -873,6 +928,12 @@ static void park_hello(conn_t *conn, const handshake_t *h) {
   memcpy(conn->parked_name, h->name, h->name_len);
   conn->parked_name[h->name_len] = '\0';
   memcpy(conn->peer_nonce, h->nonce, NONCE_BYTES);
+  conn->parked_until = uv_now(ember_loop_uv(t->loop)) + t->park_timeout_ms;
+  if (!uv_is_active((uv_handle_t *)&t->park_timer))
+    arm_park_timer(t);
+  /* Last: the callback may declare the peer at once (or close us). */
+  if (t->cb.on_unknown_peer != NULL && !t->closing)
+    t->cb.on_unknown_peer(t->cb.user, conn->parked_id, conn->parked_name);
 }
 
 static void on_hello(conn_t *conn, const handshake_t *h);
@@ -1207,6 +1268,9 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (nread < 0) {
     if (conn->peer == NULL && conn->state != CONN_READY)
       conn_close(conn, 0, NULL); /* a refused duplicate, or a stranger */
+    else if (nread == UV_EOF && conn->state != CONN_READY)
+      conn_close(conn, UV_EOF,
+                 "the peer closed the connection during the handshake");
     else if (nread == UV_EOF)
       conn_close(conn, UV_EOF, "the connection was closed by the peer");
     else
@@ -1408,7 +1472,13 @@ int ember_transport_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   uv_prepare_init(ember_loop_uv(loop), &t->flusher);
   t->flusher.data = &t->flusher_owner;
   t->flusher_open = 1;
-  t->handles_open = 1;
+  t->park_owner.close_cb = transport_handle_close_cb;
+  t->park_timeout_ms = PARK_TIMEOUT_MS;
+  uv_timer_init(ember_loop_uv(loop), &t->park_timer);
+  t->park_timer.data = &t->park_owner;
+  /* A parked HELLO alone does not keep the loop running. */
+  uv_unref((uv_handle_t *)&t->park_timer);
+  t->handles_open = 2;
   *out = t;
   return 0;
 }
@@ -1463,6 +1533,9 @@ static void transport_handle_close_cb(uv_handle_t *handle) {
   ember_transport_t *t;
   if (handle->type == UV_PREPARE)
     t = (ember_transport_t *)((char *)handle - offsetof(ember_transport_t, flusher));
+  else if (handle->type == UV_TIMER)
+    t = (ember_transport_t *)((char *)handle -
+                              offsetof(ember_transport_t, park_timer));
   else
     t = (ember_transport_t *)((char *)handle - offsetof(ember_transport_t, listener));
   t->handles_open--;
@@ -1480,6 +1553,7 @@ void ember_transport_close(ember_transport_t *t) {
       queue_drop(t, &t->peers[i]->queue);
   t->dirty = NULL;
   uv_close((uv_handle_t *)&t->flusher, transport_handle_close_cb);
+  uv_close((uv_handle_t *)&t->park_timer, transport_handle_close_cb);
   if (t->listening)
     uv_close((uv_handle_t *)&t->listener, transport_handle_close_cb);
 }

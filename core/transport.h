@@ -57,7 +57,9 @@ typedef struct {
   /*
   ** Optional (may be NULL): a HELLO came from an id that no ember_transport_add_peer
   ** declared (a client joining a running world). The HELLO waits; declaring
-  ** the peer answers it. Called once per parked HELLO.
+  ** the peer answers it. Called once per parked HELLO, possibly before the
+  ** world's own ranks are declared. A HELLO still undeclared after 30 s is
+  ** dropped: its connection is closed, with a line on stderr naming the id.
   */
   void (*on_unknown_peer)(void *user, int peer, const char *name);
 } ember_transport_callbacks_t;
@@ -78,6 +80,10 @@ int ember_transport_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
 /* Listens on host:port (port 0: any free port); *bound gets the port. */
 int ember_transport_listen(ember_transport_t *t, const char *host, int port,
                            int *bound);
+
+/* How long a parked HELLO waits for its peer's declaration (default 30 s);
+** for tests. */
+void ember__transport_set_park_timeout(ember_transport_t *t, uint64_t ms);
 
 /* Declares a peer: its id, name and listen address. Returns EMBER_EINVAL for
 ** an id below 0 or a second declaration of the same id. */

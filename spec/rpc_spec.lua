@@ -1,74 +1,14 @@
 -- Multi-process specs of ember.rpc: each case starts a world of `ember run`
 -- workers (spec/fixtures/rpc/worker.lua CASE) on a free port, bounded in
 -- time, and checks what each worker printed.
-local core = require "ember.core"
+local world = require "spec.support.world"
 
-local EMBER = os.getenv("EMBER_BIN") or "ember"
-local WORKER = "spec/fixtures/rpc/worker.lua"
-
-local function free_port()
-  local server = core.store_serve("127.0.0.1", 0)
-  local port = server:port()
-  server:close()
-  return port
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if f == nil then return "" end
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
--- Runs `n` workers of `case`; returns a list (by rank, 0-based) of
--- {status=, output=, results={key=value}}.
 local function run_world(case, n, opts)
   opts = opts or {}
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir))
-  local port = free_port()
-  local lines = {}
-  for rank = 0, n - 1 do
-    local env = ("RANK=%d WORLD_SIZE=%d MASTER_ADDR=127.0.0.1 MASTER_PORT=%d %s"):format(
-      rank, n, port, opts.env and opts.env(rank) or "")
-    lines[#lines + 1] = ("(env %s timeout %d %s run %s %s >%s/out.%d 2>&1; echo $? >%s/rc.%d) &"):format(
-      env, opts.timeout or 60, EMBER, WORKER, case, dir, rank, dir, rank)
-  end
-  lines[#lines + 1] = "wait"
-  assert(os.execute(table.concat(lines, "\n")))
-  local workers = {}
-  for rank = 0, n - 1 do
-    local output = read_file(("%s/out.%d"):format(dir, rank))
-    local results = {}
-    for key, value in output:gmatch("RESULT (%S+) ([^\n]*)") do
-      results[key] = value
-    end
-    workers[rank] = {
-      status = tonumber(read_file(("%s/rc.%d"):format(dir, rank))),
-      output = output, results = results,
-    }
-  end
-  os.execute("rm -rf " .. dir)
-  return workers
+  opts.worker = "spec/fixtures/rpc/worker.lua"
+  return world.run(case, n, opts)
 end
-
-local function describe_world(workers)
-  local parts = {}
-  for rank = 0, #workers do
-    parts[#parts + 1] = ("--- rank %d (status %s)\n%s"):format(rank,
-      tostring(workers[rank].status), workers[rank].output)
-  end
-  return table.concat(parts, "\n")
-end
-
-local function assert_all_ok(workers)
-  for rank = 0, #workers do
-    assert(workers[rank].status == 0, describe_world(workers))
-    assert(workers[rank].results.done == tostring(rank), describe_world(workers))
-  end
-end
+local describe_world, assert_all_ok = world.describe, world.assert_all_ok
 
 describe("rpc between processes", function()
   it("calls functions by value, name and id, keeping types", function()

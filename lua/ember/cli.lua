@@ -12,8 +12,9 @@ commands:
                              (SCRIPT "-" reads it from standard input)
   launch -n N SCRIPT [ARGS]  start N workers, each running SCRIPT with its
                              rank (see ember launch --help)
-  repl [--join HOST:PORT]    an interactive Lua REPL with ember loaded
-                             (--join comes with ember.rpc)
+  repl [--join HOST:PORT]    an interactive Lua REPL with ember loaded; with
+                             --join, a client of a running world (see
+                             ember repl --help)
   help                       show this help
 
 options:
@@ -96,6 +97,84 @@ local function run_script(progname, args)
   return finish(ember.spawn(chunk, table.unpack(args, 2)), script)
 end
 
+local REPL_USAGE = [==[
+usage: ember repl [--join HOST:PORT [--name NAME] [--timeout SECONDS]]
+
+An interactive Lua REPL with ember loaded. Each input runs as a task, so
+wait() works at the prompt; Ctrl-C stops the running input, Ctrl-D leaves.
+
+With --join, the REPL joins the running world whose rank 0 serves its store
+at HOST:PORT (the workers' MASTER_ADDR:MASTER_PORT) as an extra member,
+named repl<ID> unless --name says otherwise, and these are at hand:
+  rpc                 ember.rpc: rpc.rpc_sync("worker1", "mod:fn", {...}),
+                      rpc.rpc_async, rpc.remote, rpc.stats(), ...
+  workers()           the workers: id, name, state as seen from here
+                      (connected, not connected, left, lost) and each one's
+                      own counters (calls sent and served, in flight, RRefs)
+  on(worker, "code")  runs a text chunk of Lua on the worker, with its
+                      globals, and returns the results; only in a world with
+                      a secret (EMBER_SECRET, which the REPL needs too)
+Ctrl-D leaves the world; the workers carry on.
+
+options:
+  --join HOST:PORT    the world to join
+  --name NAME         this member's name (default repl<ID>)
+  --timeout SECONDS   how long to try to join (default 10)
+  -h, --help          show this help]==]
+
+local REPL_SHORT_USAGE =
+  "usage: ember repl [--join HOST:PORT [--name NAME] [--timeout SECONDS]]\n"
+
+-- ember repl ARGS -> the exit status.
+local function repl_main(args, banner)
+  local options = {}
+  local i = 1
+  while i <= #args do
+    local arg = args[i]
+    local name, value = arg:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or arg
+    if name == "-h" or name == "--help" then
+      print(REPL_USAGE)
+      return 0
+    elseif name == "--join" or name == "--name" or name == "--timeout" then
+      if value == nil then
+        i = i + 1
+        value = args[i]
+      end
+      if value == nil or value == "" then
+        stderr("ember repl: ", name, " needs a value\n", REPL_SHORT_USAGE)
+        return 2
+      end
+      options[name:sub(3)] = value
+    else
+      stderr("ember repl: unknown option '", arg, "'\n", REPL_SHORT_USAGE)
+      return 2
+    end
+    i = i + 1
+  end
+  if options.join == nil then
+    if options.name or options.timeout then
+      stderr("ember repl: --name and --timeout go with --join\n")
+      return 2
+    end
+    return require("ember.repl").run { banner = banner }
+  end
+  if require("ember.launch").parse_address(options.join) == nil then
+    stderr("ember repl: --join expects HOST:PORT (the world's MASTER_ADDR:",
+      "MASTER_PORT), got '", options.join, "'\n")
+    return 2
+  end
+  local timeout = tonumber(options.timeout or "10")
+  if timeout == nil or timeout ~= timeout or timeout <= 0 or
+      timeout == math.huge then
+    stderr("ember repl: --timeout expects a number of seconds > 0, got '",
+      tostring(options.timeout), "'\n")
+    return 2
+  end
+  return require("ember.repl").join { address = options.join,
+    name = options.name, timeout = timeout, banner = banner }
+end
+
 local function version_line()
   return ("ember %s (%s)"):format(ember.version, _VERSION)
 end
@@ -118,16 +197,7 @@ function cli.main(argv)
   elseif command == "run" then
     return run_script(progname, rest)
   elseif command == "repl" then
-    if rest[1] == "--join" then
-      stderr("ember repl --join: joining a running world needs ember.rpc, ",
-        "which this build does not have yet\n")
-      return 2
-    elseif rest[1] ~= nil then
-      stderr("ember repl: unknown option '", rest[1], "'\n",
-        "usage: ember repl [--join HOST:PORT]\n")
-      return 2
-    end
-    return require("ember.repl").run { banner = version_line() }
+    return repl_main(rest, version_line())
   elseif command == "launch" then
     return require("ember.launch").main(progname, rest)
   end

@@ -293,11 +293,18 @@ local function run_function(fn, args)
   return result
 end
 
+-- Encodes and sends a message to worker `dest` with f(...): RRefs in it
+-- register their forks for `dest` (ember.rref replaces this).
+local function send_to(dest, f, ...)
+  return f(...)
+end
+
 -- Runs one request as a task and sends its answer, whatever happens.
 local function serve(agent, peer, id, fn, args)
   local ok, result = xpcall(run_function, to_remote_error, fn, args)
   if state == nil or state.agent ~= agent then return end
-  local sent, err = pcall(agent.respond, agent, peer, id, not ok, result)
+  local sent, err = pcall(rpc._internal.send_to, peer, agent.respond, agent,
+    peer, id, not ok, result)
   if not sent then
     pcall(agent.respond, agent, peer, id, true,
       remote_error("the result cannot be sent back: " .. tostring(err), ""))
@@ -328,11 +335,19 @@ local function serve_early_requests(s)
   for _, r in ipairs(early) do spawn(serve, s.agent, r[1], r[2], r[3], r[4]) end
 end
 
+-- The last fork of a value of ours is gone (ember.rref keeps the values).
+local function on_rref_released(id)
+  local released = rpc._internal.on_rref_released
+  if released then released(id) end
+end
+
 local function on_peer_lost(peer, why)
   local s = state
   if s == nil then return end
   local info = s.workers[peer]
   if info then info.lost = true end
+  -- A client (a REPL) that vanished does not concern the world's scripts.
+  if s.clients[peer] then return end
   if s.on_peer_lost then
     local ok, err = pcall(s.on_peer_lost, info and info.name or peer, why)
     if not ok then
@@ -469,8 +484,11 @@ local function wait_for_world(o, store)
   error(err, 0)
 end
 
-local function read_world(o, store, keys, agent)
-  local workers, by_name, addresses = {}, {}, {}
+-- Fills s.workers, s.by_name and s.addresses with the world's ranks (clients
+-- that joined meanwhile may be there already) and declares them to the agent.
+local function read_world(o, s, keys)
+  local store, agent = s.store, s.agent
+  local workers, by_name, addresses = s.workers, s.by_name, s.addresses
   for r = 0, o.world_size - 1 do
     local name, host, port = string.unpack("s4s4I4", store:get(keys[r + 1],
       o.init_timeout):wait())
@@ -483,7 +501,73 @@ local function read_world(o, store, keys, agent)
     addresses[r] = { host = host, port = port }
     if r ~= o.rank then agent:add_peer(r, name, host, port) end
   end
-  return workers, by_name, addresses
+end
+
+-- --- Clients: members beyond the world's ranks --------------------------------
+--
+-- A running world accepts clients (`ember repl --join`): each takes a fresh id
+-- from world_size up (ids are never reused, so clients may come and go),
+-- publishes its name and address in the store, and says HELLO to whichever
+-- worker it calls first. That worker's transport parks the HELLO and asks us
+-- (on_unknown_peer); we look the client up in the store and declare it, which
+-- answers the HELLO. The world's barriers count ranks only: a client never
+-- holds up the world's shutdown.
+
+local WORLD_SIZE_KEY = "ember/world_size"
+local CLIENT_COUNT_KEY = "ember/clients"
+local CLIENT_LOOKUP_TIMEOUT = 5
+
+local function client_key(id) return "ember/client/" .. id end
+local function client_name_key(name) return "ember/client_name/" .. name end
+
+local function describe(err)
+  if core.is_error(err) then return tostring(err.message) end
+  return tostring(err)
+end
+
+-- Whether peer `id` has left or was lost, as far as this member knows.
+local function peer_gone(s, id)
+  local counters = s.agent:stats().peers[id]
+  return counters ~= nil and (counters.left or counters.lost)
+end
+
+-- Declares client `id`, which says it is `name`, once the store confirms it.
+local function declare_client(s, id, name)
+  local value = s.store:get(client_key(id), CLIENT_LOOKUP_TIMEOUT):wait()
+  if state ~= s or s.workers[id] ~= nil then return end
+  local known, host, port = string.unpack("s4s4I4", value)
+  if known ~= name then
+    error(("it joined as '%s'"):format(known), 0)
+  end
+  local other = s.by_name[known]
+  if other ~= nil and not (s.clients[other.id] and peer_gone(s, other.id)) then
+    error(("the name '%s' is taken by id %d"):format(known, other.id), 0)
+  end
+  s.agent:add_peer(id, known, host, port)
+  local info = worker_info(known, id)
+  s.workers[id], s.by_name[known], s.clients[id] = info, info, true
+  s.addresses[id] = { host = host, port = port }
+end
+
+-- The transport parked a HELLO from an undeclared id.
+local function on_unknown_peer(id, name)
+  local s = state
+  -- The world's own ranks are declared as soon as this worker reads the world.
+  if s == nil or id < s.world_size or s.joining[id] or s.workers[id] then
+    return
+  end
+  s.joining[id] = true
+  spawn(function()
+    local ok, err = pcall(declare_client, s, id, name)
+    s.joining[id] = nil
+    if not ok and state == s then
+      local why = core.is_error(err) and err.code == "ETIMEDOUT" and
+        "no client of that id joined through the store" or describe(err)
+      io.stderr:write(("ember[%s]: not accepting '%s' (id %d) as a client: " ..
+        "%s\n"):format(s.name, name, id, why))
+      io.stderr:flush()
+    end
+  end)
 end
 
 -- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
@@ -496,7 +580,8 @@ function rpc.init_rpc(name, opts)
   local o = read_options(name, opts)
   local s = { name = name, rank = o.rank, world_size = o.world_size,
     timeout = o.timeout, on_peer_lost = o.on_peer_lost, options = o,
-    workers = {}, by_name = {}, addresses = {}, early = {} }
+    workers = {}, by_name = {}, addresses = {}, early = {}, clients = {},
+    joining = {} }
   local ok, err = pcall(function()
     if o.rank == 0 then
       s.server = core.store_serve(is_loopback(o.master_addr) and
@@ -509,16 +594,22 @@ function rpc.init_rpc(name, opts)
     s.agent = core.agent_new {
       name = name, id = o.rank, secret = o.secret,
       on_request = on_request, on_peer_lost = on_peer_lost,
+      on_unknown_peer = on_unknown_peer,
+      on_rref_released = on_rref_released,
       max_body = limits.max_body, max_tensors = limits.max_tensors,
       max_tensor_bytes = limits.max_tensor_bytes,
       max_message_bytes = limits.max_message_bytes,
     }
     state = s
+    if o.rank == 0 then
+      -- What clients joining later need to find the world's ranks.
+      s.store:set(WORLD_SIZE_KEY, tostring(o.world_size)):wait()
+    end
     local port = s.agent:listen(bind, 0)
     s.store:set(worker_key(o.rank), string.pack("s4s4I4", name, advertised,
       port)):wait()
     local keys = wait_for_world(o, s.store)
-    s.workers, s.by_name, s.addresses = read_world(o, s.store, keys, s.agent)
+    read_world(o, s, keys)
     serve_early_requests(s)
   end)
   if not ok then
@@ -528,6 +619,151 @@ function rpc.init_rpc(name, opts)
     if s.server then s.server:close() end
     error(err, 2)
   end
+end
+
+-- "HOST:PORT" or "[IPv6]:PORT" -> host, port; nil when malformed.
+local function parse_address(text)
+  if type(text) ~= "string" then return nil end
+  local host, port = text:match("^%[([^%]]+)%]:(%d+)$")
+  if host == nil then host, port = text:match("^([^:%[%]]+):(%d+)$") end
+  port = math.tointeger(tonumber(port))
+  if host == nil or port == nil or port < 1 or port > 65535 then return nil end
+  return host, port
+end
+
+local DEFAULT_JOIN_TIMEOUT = 10
+
+local function read_join_options(address, opts)
+  local host, port = parse_address(address)
+  if host == nil then
+    error(("join: expected the world's address as HOST:PORT (its " ..
+      "MASTER_ADDR:MASTER_PORT), got %s"):format(type(address) == "string"
+      and ("'" .. address .. "'") or type(address)), 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("join: options must be a table, got " .. type(opts), 3)
+  end
+  opts = opts or {}
+  local name = opts.name
+  if name ~= nil and type(name) ~= "function" and
+      (type(name) ~= "string" or name == "") then
+    error("join: name must be a non-empty string or a function of the id", 3)
+  end
+  local o = { master_addr = host, master_port = port, name = name,
+    timeout = opts.timeout or DEFAULT_TIMEOUT,
+    init_timeout = opts.init_timeout or DEFAULT_JOIN_TIMEOUT,
+    secret = opts.secret or os.getenv("EMBER_SECRET"),
+    host = opts.host or os.getenv("EMBER_HOST"),
+    on_peer_lost = opts.on_peer_lost }
+  for _, field in ipairs { "timeout", "init_timeout" } do
+    if type(o[field]) ~= "number" or o[field] ~= o[field] or o[field] < 0 then
+      error(("join: %s must be a number of seconds >= 0"):format(field), 3)
+    end
+  end
+  if o.init_timeout == 0 then o.init_timeout = FOREVER end
+  if o.secret == "" then o.secret = nil end
+  if o.on_peer_lost ~= nil and type(o.on_peer_lost) ~= "function" then
+    error("join: on_peer_lost must be a function", 3)
+  end
+  o.limits = {
+    max_body = opts.max_body, max_tensors = opts.max_tensors,
+    max_tensor_bytes = opts.max_tensor_bytes,
+    max_message_bytes = opts.max_message_bytes,
+  }
+  return o
+end
+
+-- Waits for a store operation; a timeout raises `message` instead.
+local function store_wait(future, message, ...)
+  local ok, value = pcall(future.wait, future)
+  if ok then return value end
+  if core.is_error(value) and value.code == "ETIMEDOUT" then
+    fail("ETIMEDOUT", message, ...)
+  end
+  error(value, 0)
+end
+
+local function join_world(o, s)
+  local where = o.master_addr .. ":" .. o.master_port
+  local ok, store = pcall(function()
+    return core.store_connect(o.master_addr, o.master_port,
+      o.init_timeout):wait()
+  end)
+  if not ok then
+    fail(core.is_error(store) and store.code or "EFAILED", "join: %s",
+      describe(store))
+  end
+  s.store = store
+  local size = store_wait(store:get(WORLD_SIZE_KEY, o.init_timeout),
+    "join: the store at %s announced no world within %g s", where,
+    o.init_timeout)
+  s.world_size = math.tointeger(tonumber(size))
+  if s.world_size == nil or s.world_size < 1 then
+    fail("EINVAL", "join: the store at %s holds a bad world size", where)
+  end
+  o.world_size = s.world_size
+  local keys = {}
+  for r = 0, s.world_size - 1 do keys[#keys + 1] = worker_key(r) end
+  store_wait(store:wait(keys, o.init_timeout),
+    "join: the world at %s did not finish starting within %g s", where,
+    o.init_timeout)
+  local id = s.world_size - 1 + store:add(CLIENT_COUNT_KEY, 1):wait()
+  local name = o.name or ("client" .. id)
+  if type(name) == "function" then name = name(id) end
+  if type(name) ~= "string" or name == "" then
+    fail("EINVAL", "join: the name function must return a non-empty string")
+  end
+  s.name, s.rank, o.rank = name, id, id
+  local advertised, bind = listen_address(o, store)
+  local limits = o.limits
+  s.agent = core.agent_new {
+    name = name, id = id, secret = o.secret,
+    on_request = on_request, on_peer_lost = on_peer_lost,
+    on_unknown_peer = on_unknown_peer,
+    on_rref_released = on_rref_released,
+    max_body = limits.max_body, max_tensors = limits.max_tensors,
+    max_tensor_bytes = limits.max_tensor_bytes,
+    max_message_bytes = limits.max_message_bytes,
+  }
+  local port = s.agent:listen(bind, 0)
+  read_world(o, s, keys)
+  if s.by_name[name] ~= nil or store:add(client_name_key(name), 1):wait() ~= 1
+  then
+    fail("EINVAL", "join: the name '%s' is taken in the world at %s", name,
+      where)
+  end
+  s.claimed_name = true
+  local me = worker_info(name, id)
+  s.workers[id], s.by_name[name] = me, me
+  s.addresses[id] = { host = advertised, port = port }
+  state = s
+  store:set(client_key(id), string.pack("s4s4I4", name, advertised, port))
+    :wait()
+end
+
+-- rpc.join("HOST:PORT", {name=, secret=, timeout=, init_timeout=,
+-- on_peer_lost=}): joins the running world whose rank 0 serves its store at
+-- HOST:PORT (MASTER_ADDR:MASTER_PORT) as a client, an extra member with a
+-- fresh id from world_size up. `name` is a string or a function of the id
+-- (default "client<id>"); `init_timeout` bounds the joining (default 10 s).
+-- Then every call works as on a worker; rpc.shutdown() leaves the world
+-- without disturbing it.
+function rpc.join(address, opts)
+  if state ~= nil then
+    error(("join: already initialised as '%s'"):format(state.name), 2)
+  end
+  local o = read_join_options(address, opts)
+  local s = { client = true, timeout = o.timeout, options = o,
+    on_peer_lost = o.on_peer_lost, workers = {}, by_name = {},
+    addresses = {}, clients = {}, joining = {} }
+  local ok, err = pcall(join_world, o, s)
+  if not ok then
+    state = nil
+    if s.agent then s.agent:close() end
+    if s.store then s.store:close() end
+    error(err, 2)
+  end
+  return s.workers[s.rank]
 end
 
 function rpc.is_initialized()
@@ -633,16 +869,12 @@ function rpc.rpc_async(to, fn, args, opts)
   end
   local timeout = call_options(s, opts, "rpc_async")
   if id == s.rank then return call_self(ref, args) end
-  return s.agent:call(id, ref, args, timeout)
+  return rpc._internal.send_to(id, s.agent.call, s.agent, id, ref, args, timeout)
 end
 
 -- rpc.rpc_sync(to, fn, args, {timeout=}): the value, or raises its error.
 function rpc.rpc_sync(to, fn, args, opts)
-  -- RRefs (rpc.remote, rpc.RRef) live in their own module, which extends this one.
-package.loaded["ember.rpc"] = rpc
-require "ember.rref"
-
-return rpc.rpc_async(to, fn, args, opts):wait()
+  return rpc.rpc_async(to, fn, args, opts):wait()
 end
 
 -- rpc.stats(): counters for calls, bytes and in-flight work, also per peer.
@@ -656,14 +888,89 @@ function rpc.stats()
   end
   stats.peers = peers
   stats.name, stats.rank, stats.world_size = s.name, s.rank, s.world_size
+  stats.client = s.client == true
   run_hooks("stats", stats, s)
   return stats
 end
+
+-- --- Builtins: what a REPL that joined asks of a worker ------------------------
+
+-- ember:stats: this member's rpc.stats(), not counting this request among
+-- those being served.
+rpc._builtin("stats", function()
+  local stats = rpc.stats()
+  stats.serving = math.max(0, stats.serving - 1)
+  return stats
+end)
+
+local EVAL_MAX_DEPTH = 8
+local EVAL_MAX_ITEMS = 10000
+
+-- A copy of `value` that can travel: functions, coroutines and userdata that
+-- are not tensors become their tostring, and so do tables nested too deep or
+-- met again on the way down (a cycle).
+local function travelling(value, seen, budget)
+  local kind = type(value)
+  if kind == "nil" or kind == "boolean" or kind == "number" or
+      kind == "string" then
+    return value
+  end
+  if (kind == "userdata" or kind == "table") and getmetatable(value) ~= nil
+      and pcall(core.wire_encode, value) then
+    return value -- a tensor, an RRef, an instance of a registered class
+  end
+  if kind ~= "table" or seen[value] or #seen >= EVAL_MAX_DEPTH then
+    return tostring(value)
+  end
+  seen[value] = true
+  seen[#seen + 1] = value
+  local copy = {}
+  for k, v in next, value do
+    budget.left = budget.left - 1
+    if budget.left < 0 then
+      copy["..."] = "(more left out)"
+      break
+    end
+    local key_kind = type(k)
+    if key_kind ~= "string" and key_kind ~= "number" and
+        key_kind ~= "boolean" then
+      k = tostring(k)
+    end
+    copy[k] = travelling(v, seen, budget)
+  end
+  seen[#seen] = nil
+  seen[value] = nil
+  return copy
+end
+
+-- ember:eval: runs a text chunk of Lua with this worker's globals and returns
+-- its results (a list with n). Only in a world with a secret: without one,
+-- anyone who can reach the port could run code here.
+rpc._builtin("eval", function(code)
+  local s = state
+  if s == nil or s.options.secret == nil then
+    error(core.new_error("EPERM", "remote eval is disabled: this world " ..
+      "has no secret (start the workers with EMBER_SECRET set)"), 0)
+  end
+  if type(code) ~= "string" then
+    error(("remote eval takes a string of Lua source, got %s"):format(
+      type(code)), 0)
+  end
+  local env = package.loaded.__main__
+  if type(env) ~= "table" then env = _G end
+  local chunk, err = load(code, "=on(" .. s.name .. ")", "t", env)
+  if chunk == nil then error(err, 0) end
+  local results = table.pack(chunk())
+  local budget = { left = EVAL_MAX_ITEMS }
+  for i = 1, results.n do results[i] = travelling(results[i], {}, budget) end
+  return results
+end)
 
 -- --- Extensions ------------------------------------------------------------------
 
 -- What the other parts of ember.rpc share with this module.
 rpc._internal = {
+  send_to = send_to,
   hooks = hooks,
   state = function() return state end,
   peer_id = function(s, to, fname) return peer_id(s, to, fname) end,
@@ -692,14 +999,60 @@ local function close_all(s)
   for _, hook in ipairs(hooks.closed) do pcall(hook, s) end
 end
 
+-- Waits for `future` at most `timeout` seconds.
+local function wait_within(future, timeout, what)
+  if timeout < FOREVER then
+    local done = futures.wait_any({ future }, { timeout = timeout })
+    if #done == 0 then
+      fail("ETIMEDOUT", "shutdown: timed out after %g s waiting for %s",
+        timeout, what)
+    end
+  end
+  return future:wait()
+end
+
+-- A client leaves alone: its own work done, the hooks run (no barriers: the
+-- world does not wait for clients), GOODBYE said so that no worker takes its
+-- going for a loss.
+local function leave(s, graceful, timeout, opts)
+  local ok, err = true, nil
+  if graceful then
+    ok, err = pcall(function()
+      local what = "this client's calls to finish"
+      wait_within(s.agent:drained(), timeout, what)
+      run_hooks("before_barrier", s, opts)
+      wait_within(s.agent:drained(), timeout, what)
+      run_hooks("after_barrier", s, opts)
+      wait_within(s.agent:drained(), timeout, what)
+    end)
+  end
+  s.agent:goodbye()
+  pcall(wait_within, s.agent:flushed(), math.min(timeout, 10), "GOODBYE")
+  if s.claimed_name then
+    -- The name is free again; the store may be gone with the world.
+    pcall(function()
+      wait_within(s.store:delete(client_name_key(s.name)), 2, "the store")
+    end)
+  end
+  state = nil
+  close_all(s)
+  if not ok then error(err, 0) end
+end
+
 -- rpc.shutdown({graceful=true, timeout=}): with graceful (the default), waits
 -- until every worker has finished its outstanding work, then leaves;
--- otherwise fails pending calls at once and leaves.
+-- otherwise fails pending calls at once and leaves. A client (rpc.join)
+-- waits for its own work only.
 function rpc.shutdown(opts)
   local s = check_state("shutdown")
   opts = opts or {}
   local graceful = opts.graceful ~= false
   local timeout = opts.timeout or FOREVER
+  if s.client then
+    local ok, err = pcall(leave, s, graceful, timeout, opts)
+    if not ok then error(err, 2) end
+    return
+  end
   if not graceful then
     state = nil
     close_all(s)

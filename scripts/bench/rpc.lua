@@ -5,6 +5,8 @@
 --   rpc_round_trip   rpc_sync with a small argument: median and mean µs
 --   rpc_async        calls/s with 20,000 calls in flight from one caller
 --   rpc_tensor       GB/s for 1 MiB and 64 MiB float32 tensor arguments
+--   rref_round_trip  rpc.remote + to_here, and a proxy call: median µs
+--   rref_churn       RRefs made, dropped and deleted at the owner, per second
 -- FIGURES.md has PyTorch 1.13's figures for the same work on this machine.
 local ember = require "ember"
 local rpc = ember.rpc
@@ -20,6 +22,11 @@ local now = ember.clock
 bench = {}
 function bench.echo(x) return x end
 function bench.size_of(t) return t:numel() end
+local Box = { get = function(self) return self.v end }
+Box.__index = Box
+rpc.register_class("bench.Box", Box)
+function bench.box(v) return setmetatable({ v = v }, Box) end
+function bench.owned() return rpc.stats().rrefs.owners end
 
 local function median(list)
   table.sort(list)
@@ -75,6 +82,33 @@ local function tensor_rate(bytes, repeats)
   return bytes * repeats / (now() - start) / 1e9
 end
 
+local function rref_round_trips(n)
+  local make, proxy = {}, {}
+  for i = 1, n do
+    local start = now()
+    local r = rpc.remote("worker1", bench.box, { i })
+    r:to_here()
+    make[i] = (now() - start) * 1e6
+    start = now()
+    r:rpc_sync():get()
+    proxy[i] = (now() - start) * 1e6
+  end
+  return median(make), median(proxy)
+end
+
+-- Makes n RRefs, drops them, and waits until the owner holds none.
+local function rref_churn(n)
+  local start = now()
+  local list = {}
+  for i = 1, n do list[i] = rpc.remote("worker1", bench.box, { i }) end
+  list[n]:to_here()
+  list = nil
+  collectgarbage()
+  collectgarbage()
+  while rpc.rpc_sync("worker1", bench.owned) > 0 do ember.sleep(0.001) end
+  return n / (now() - start)
+end
+
 local function main()
   local rank = tonumber(os.getenv("RANK"))
   local baseline = rank == 0 and tcp_baseline() or nil
@@ -105,6 +139,11 @@ local function main()
         gbps = gbps, tcp_gbps = raw, ratio_to_tcp = raw and gbps / raw,
         pytorch_gbps = pytorch })
     end
+    local make_us, proxy_us = rref_round_trips(quick and 500 or 5000)
+    common.emit("rref_round_trip", { remote_to_here_median_us = make_us,
+      proxy_median_us = proxy_us })
+    local churn = rref_churn(quick and 2000 or 20000)
+    common.emit("rref_churn", { rrefs_per_s = churn })
     common.emit("rpc_memory", { rss_bytes = common.rss_bytes() })
   end
   rpc.shutdown()

@@ -1,0 +1,82 @@
+-- Multi-process specs of RRefs (rpc.remote, rpc.RRef): worlds of `ember run`
+-- workers running spec/fixtures/rref/worker.lua CASE.
+local world = require "spec.support.world"
+
+local function run_world(case, n)
+  return world.run(case, n, { worker = "spec/fixtures/rref/worker.lua" })
+end
+
+describe("RRefs between processes", function()
+  it("are made remotely and locally, fetched, proxied and passed on", function()
+    local w = run_world("basics", 3)
+    world.assert_all_ok(w)
+    local r, why = w[0].results, world.describe(w)
+    assert.equal("10", r.to_here, why)
+    assert.equal("WorkerInfo(id=1, name=worker1)", r.owner, why)
+    assert.equal("worker1", r.owner_name, why)
+    assert.equal("false", r.is_owner, why)
+    assert.equal("true", r.confirmed, why)
+    assert.equal("true", r.tostring, why)
+    assert.equal("15", r.sync, why)
+    assert.equal("16", r.async, why)
+    assert.equal("20", r.async_execution, why)
+    assert.equal("20 worker1", r.remote_proxy, why)
+    assert.equal("20,21,worker1,false,true", r.third, why)
+    assert.equal("true,21,true", r.owner_view, why)
+    assert.equal("worker2 7 true", r.returned, why)
+    assert.equal("true 3 4", r.self_remote, why)
+    assert.equal("true 3 worker0", r.local_rref, why)
+    assert.matches("local_value: this RRef is owned by worker 'worker1'",
+      r.local_value_elsewhere, nil, true)
+    assert.matches("has no method 'nope'", r.no_method, nil, true)
+  end)
+
+  it("carry a creation error to to_here and to every proxy call", function()
+    local w = run_world("creation_errors", 2)
+    world.assert_all_ok(w)
+    local r, why = w[0].results, world.describe(w)
+    assert.equal("true", r.is_remote_error, why)
+    assert.matches("cannot make this value", r.message, nil, true)
+    assert.equal("true", r.traceback, why)
+    assert.matches("RemoteError on worker 'worker1': .*cannot make this value",
+      r.proxy)
+    assert.matches("cannot make this value", r.async_proxy, nil, true)
+    assert.matches("counter says no", r.method_error, nil, true)
+    assert.matches("cannot make this value", r.self_error, nil, true)
+    assert.matches("remote: args must be a table", r.bad_args, nil, true)
+    assert.matches("remote: no worker named 'nobody'", r.bad_worker, nil, true)
+    assert.matches("to_here: expected an RRef", r.not_rref, nil, true)
+  end)
+
+  it("keep a value while any worker holds it, and free it after", function()
+    local w = run_world("lifetime", 3)
+    world.assert_all_ok(w)
+    local r, why = w[0].results, world.describe(w)
+    assert.equal("1 1", r.owner_has_one, why)
+    assert.equal("1", r.alive_while_held, why)
+    assert.equal("1", r.kept_by_other, why)
+    assert.equal("true", r.freed, why)
+    assert.equal("1000", r.last_value, why)
+    assert.equal("1000", r.held_1000, why)
+    assert.equal("true", r.all_zero, why)
+    assert.equal("0", r.values_freed, why)
+  end)
+
+  it("shut down gracefully with RRef messages in flight", function()
+    local w = run_world("in_flight", 3)
+    world.assert_all_ok(w)
+    for rank = 0, 2 do
+      assert.not_matches("leak", w[rank].output, nil, true)
+      assert.not_matches("gave up", w[rank].output, nil, true)
+    end
+  end)
+
+  it("report an RRef still held at shutdown, unless told not to", function()
+    local w = run_world("leak", 3)
+    world.assert_all_ok(w)
+    assert.matches("rpc.shutdown on worker 'worker0': RRef leak: 1 RRef " ..
+      "to values on worker 'worker1' is still held", w[0].output, nil, true)
+    assert.not_matches("leak", w[1].output, nil, true)
+    assert.not_matches("leak", w[2].output, nil, true)
+  end)
+end)
