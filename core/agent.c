@@ -41,8 +41,7 @@ struct ember_agent_s {
   counters_t total;
   counters_t *per_peer;
   int per_peer_count;
-  ember_future_t **drain_waiters;
-  size_t drain_waiter_count;
+  ember_waiters_t drain_waiters;
   int outside_work; /* the loop is kept alive for our pending calls */
 };
 
@@ -82,42 +81,17 @@ static counters_t *peer_counters(ember_agent_t *agent, int peer) {
       c_->field += (delta);                                                    \
   } while (0)
 
+static int is_drained(const ember_agent_t *agent) {
+  return agent->total.pending == 0 && agent->total.serving == 0;
+}
+
 static void check_drained(ember_agent_t *agent) {
-  size_t n;
-  ember_future_t **waiters;
-  if (agent->total.pending != 0 || agent->total.serving != 0 ||
-      agent->drain_waiter_count == 0)
-    return;
-  n = agent->drain_waiter_count;
-  waiters = agent->drain_waiters;
-  agent->drain_waiters = NULL;
-  agent->drain_waiter_count = 0;
-  for (size_t i = 0; i < n; i++) {
-    ember_future_set_result(waiters[i], NULL, NULL);
-    ember_future_release(waiters[i]);
-  }
-  free(waiters);
+  if (is_drained(agent) && agent->drain_waiters.count > 0)
+    ember_waiters_complete(&agent->drain_waiters);
 }
 
 ember_future_t *ember_agent_drained(ember_agent_t *agent) {
-  ember_future_t *future = ember_future_new();
-  ember_future_t **grown;
-  if (future == NULL)
-    return NULL;
-  if (agent->total.pending == 0 && agent->total.serving == 0) {
-    ember_future_set_result(future, NULL, NULL);
-    return future;
-  }
-  grown = realloc(agent->drain_waiters,
-                  (agent->drain_waiter_count + 1) * sizeof(*grown));
-  if (grown == NULL) {
-    ember_future_release(future);
-    return NULL;
-  }
-  agent->drain_waiters = grown;
-  ember_future_retain(future);
-  grown[agent->drain_waiter_count++] = future;
-  return future;
+  return ember_waiters_add(&agent->drain_waiters, is_drained(agent));
 }
 
 /* --- The table of pending calls -------------------------------------------- */

@@ -245,3 +245,43 @@ int ember_future_begin_nested(void) {
 void ember_future_end_nested(int saved) { ready.draining = saved; }
 
 size_t ember_future_live_count(void) { return ready.live; }
+
+/* --- Lists of waiters ------------------------------------------------------- */
+
+ember_future_t *ember_waiters_add(ember_waiters_t *w, int now) {
+  ember_future_t *future = ember_future_new();
+  ember_future_t **grown;
+  if (future == NULL)
+    return NULL;
+  if (now) {
+    ember_future_set_result(future, NULL, NULL);
+    return future;
+  }
+  grown = realloc(w->items, (w->count + 1) * sizeof(*grown));
+  if (grown == NULL) {
+    ember_future_release(future);
+    return NULL;
+  }
+  w->items = grown;
+  ember_future_retain(future);
+  grown[w->count++] = future;
+  return future;
+}
+
+/* Empties the list first: a completed future's callback may add waiters. */
+static void waiters_finish(ember_waiters_t *w, int complete) {
+  ember_future_t **items = w->items;
+  size_t n = w->count;
+  w->items = NULL;
+  w->count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (complete)
+      ember_future_set_result(items[i], NULL, NULL);
+    ember_future_release(items[i]);
+  }
+  free(items);
+}
+
+void ember_waiters_complete(ember_waiters_t *w) { waiters_finish(w, 1); }
+
+void ember_waiters_drop(ember_waiters_t *w) { waiters_finish(w, 0); }

@@ -109,6 +109,24 @@ unsigned ember_future_refs(const ember_future_t *future);
 int ember_future_begin_nested(void);
 void ember_future_end_nested(int saved);
 
+/*
+** Futures that complete together when a condition comes true (a queue
+** drained, every frame written): a zeroed struct is an empty list.
+*/
+typedef struct {
+  ember_future_t **items;
+  size_t count;
+} ember_waiters_t;
+
+/* A future completed at once when `now`, else kept in the list until
+** ember_waiters_complete. The caller owns the reference; NULL if out of
+** memory. */
+ember_future_t *ember_waiters_add(ember_waiters_t *w, int now);
+/* Completes every future of the list (no payload) and empties it. */
+void ember_waiters_complete(ember_waiters_t *w);
+/* Releases every future of the list without completing it, and empties it. */
+void ember_waiters_drop(ember_waiters_t *w);
+
 /* Live futures on this thread, for leak checks in tests. */
 size_t ember_future_live_count(void);
 

@@ -132,48 +132,19 @@ struct ember_rrefs_s {
   uint64_t fork_total;
   uint64_t deleting;
   uint64_t pending;
-  ember_future_t **waiters;
-  size_t waiter_count;
+  ember_waiters_t settle_waiters;
 };
 
 /* --- Settling ------------------------------------------------------------------ */
 
-static void complete_waiters(ember_rrefs_t *r) {
-  ember_future_t **waiters = r->waiters;
-  size_t n = r->waiter_count;
-  r->waiters = NULL;
-  r->waiter_count = 0;
-  for (size_t i = 0; i < n; i++) {
-    ember_future_set_result(waiters[i], NULL, NULL);
-    ember_future_release(waiters[i]);
-  }
-  free(waiters);
-}
-
 static void pending_add(ember_rrefs_t *r, int delta) {
   r->pending += (uint64_t)(int64_t)delta;
-  if (r->pending == 0 && r->waiter_count > 0)
-    complete_waiters(r);
+  if (r->pending == 0 && r->settle_waiters.count > 0)
+    ember_waiters_complete(&r->settle_waiters);
 }
 
 ember_future_t *ember_rrefs_settled(ember_rrefs_t *r) {
-  ember_future_t *future = ember_future_new();
-  ember_future_t **grown;
-  if (future == NULL)
-    return NULL;
-  if (r->pending == 0) {
-    ember_future_set_result(future, NULL, NULL);
-    return future;
-  }
-  grown = realloc(r->waiters, (r->waiter_count + 1) * sizeof(*grown));
-  if (grown == NULL) {
-    ember_future_release(future);
-    return NULL;
-  }
-  r->waiters = grown;
-  ember_future_retain(future);
-  grown[r->waiter_count++] = future;
-  return future;
+  return ember_waiters_add(&r->settle_waiters, r->pending == 0);
 }
 
 /* --- Sending ------------------------------------------------------------------- */
@@ -229,7 +200,7 @@ void ember_rrefs_free(ember_rrefs_t *r) {
   free_map(&r->users, 0);
   free_map(&r->children, 0);
   free_map(&r->gone, 0);
-  complete_waiters(r);
+  ember_waiters_complete(&r->settle_waiters);
   free(r);
 }
 

@@ -132,8 +132,7 @@ struct ember_transport_s {
   conn_t *conns;
   conn_t *dirty;
   uint64_t unsent;
-  ember_future_t **flush_waiters;
-  size_t flush_waiter_count;
+  ember_waiters_t flush_waiters;
   int closing;
   int handles_open; /* freed when it reaches 0 after closing */
 };
@@ -376,38 +375,12 @@ static void flush_cb(uv_prepare_t *handle) {
 /* --- Flush waiters ---------------------------------------------------------- */
 
 static void check_flushed(ember_transport_t *t) {
-  if (t->unsent != 0 || t->flush_waiter_count == 0)
-    return;
-  size_t n = t->flush_waiter_count;
-  ember_future_t **waiters = t->flush_waiters;
-  t->flush_waiters = NULL;
-  t->flush_waiter_count = 0;
-  for (size_t i = 0; i < n; i++) {
-    ember_future_set_result(waiters[i], NULL, NULL);
-    ember_future_release(waiters[i]);
-  }
-  free(waiters);
+  if (t->unsent == 0 && t->flush_waiters.count > 0)
+    ember_waiters_complete(&t->flush_waiters);
 }
 
 ember_future_t *ember_transport_flushed(ember_transport_t *t) {
-  ember_future_t *future = ember_future_new();
-  ember_future_t **grown;
-  if (future == NULL)
-    return NULL;
-  if (t->unsent == 0) {
-    ember_future_set_result(future, NULL, NULL);
-    return future;
-  }
-  grown = realloc(t->flush_waiters,
-                  (t->flush_waiter_count + 1) * sizeof(*grown));
-  if (grown == NULL) {
-    ember_future_release(future);
-    return NULL;
-  }
-  t->flush_waiters = grown;
-  ember_future_retain(future);
-  grown[t->flush_waiter_count++] = future;
-  return future;
+  return ember_waiters_add(&t->flush_waiters, t->unsent == 0);
 }
 
 uint64_t ember_transport_unsent_bytes(const ember_transport_t *t) {
@@ -1516,9 +1489,7 @@ static void transport_free(ember_transport_t *t) {
     free(peer->host);
     free(peer);
   }
-  for (size_t i = 0; i < t->flush_waiter_count; i++)
-    ember_future_release(t->flush_waiters[i]);
-  free(t->flush_waiters);
+  ember_waiters_drop(&t->flush_waiters);
   free(t->peers);
   free(t->name);
   free(t);

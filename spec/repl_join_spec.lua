@@ -2,7 +2,7 @@
 -- `ember launch`ed workers (spec/fixtures/repl/world.lua) as a client, driven
 -- through its standard input. Each world serves until a REPL asks worker0 to
 -- stop it; then it shuts down gracefully and must exit 0 without complaint.
-local core = require "ember.core"
+local world_support = require "spec.support.world"
 
 local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
 local WORLD = "spec/fixtures/repl/world.lua"
@@ -13,20 +13,7 @@ local CLEAN_ENV = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_ADDR"
   .. " -u MASTER_PORT -u EMBER_SECRET -u EMBER_HOST -u SLURM_PROCID"
   .. " -u SLURM_NTASKS -u OMPI_COMM_WORLD_RANK -u OMPI_COMM_WORLD_SIZE"
 
-local function free_port()
-  local server = core.store_serve("127.0.0.1", 0)
-  local port = server:port()
-  server:close()
-  return port
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local free_port, read_file = world_support.free_port, world_support.read_file
 
 local function write_file(path, text)
   local f = assert(io.open(path, "w"))

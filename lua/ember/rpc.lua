@@ -570,6 +570,19 @@ local function on_unknown_peer(id, name)
   end)
 end
 
+-- The agent of a member named `name` with id `id` (a rank, or a client's).
+local function new_agent(name, id, o)
+  local limits = o.limits
+  return core.agent_new {
+    name = name, id = id, secret = o.secret,
+    on_request = on_request, on_peer_lost = on_peer_lost,
+    on_unknown_peer = on_unknown_peer, on_rref_released = on_rref_released,
+    max_body = limits.max_body, max_tensors = limits.max_tensors,
+    max_tensor_bytes = limits.max_tensor_bytes,
+    max_message_bytes = limits.max_message_bytes,
+  }
+end
+
 -- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
 -- timeout=, secret=, on_peer_lost=}): joins the world; returns when every
 -- worker has joined.
@@ -590,16 +603,7 @@ function rpc.init_rpc(name, opts)
     s.store = core.store_connect(o.master_addr, o.master_port,
       o.init_timeout):wait()
     local advertised, bind = listen_address(o, s.store)
-    local limits = o.limits
-    s.agent = core.agent_new {
-      name = name, id = o.rank, secret = o.secret,
-      on_request = on_request, on_peer_lost = on_peer_lost,
-      on_unknown_peer = on_unknown_peer,
-      on_rref_released = on_rref_released,
-      max_body = limits.max_body, max_tensors = limits.max_tensors,
-      max_tensor_bytes = limits.max_tensor_bytes,
-      max_message_bytes = limits.max_message_bytes,
-    }
+    s.agent = new_agent(name, o.rank, o)
     state = s
     if o.rank == 0 then
       -- What clients joining later need to find the world's ranks.
@@ -715,16 +719,7 @@ local function join_world(o, s)
   end
   s.name, s.rank, o.rank = name, id, id
   local advertised, bind = listen_address(o, store)
-  local limits = o.limits
-  s.agent = core.agent_new {
-    name = name, id = id, secret = o.secret,
-    on_request = on_request, on_peer_lost = on_peer_lost,
-    on_unknown_peer = on_unknown_peer,
-    on_rref_released = on_rref_released,
-    max_body = limits.max_body, max_tensors = limits.max_tensors,
-    max_tensor_bytes = limits.max_tensor_bytes,
-    max_message_bytes = limits.max_message_bytes,
-  }
+  s.agent = new_agent(name, id, o)
   local port = s.agent:listen(bind, 0)
   read_world(o, s, keys)
   if s.by_name[name] ~= nil or store:add(client_name_key(name), 1):wait() ~= 1

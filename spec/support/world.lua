@@ -72,5 +72,6 @@ function world.assert_all_ok(workers)
 end
 
 world.free_port = free_port
+world.read_file = read_file
 
 return world
