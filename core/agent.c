@@ -386,12 +386,16 @@ static void timer_cb(uv_timer_t *handle) {
 static void on_reply(ember_agent_t *agent, int peer, ember_frame_t *frame) {
   call_t *call = table_take(agent, frame->header.request_id);
   ember_reply_t *reply;
+  int packed = (frame->header.flags & EMBER_FLAG_PACKED_CLASSES) != 0;
 
   if (call == NULL || call->peer != peer) {
     if (call != NULL) /* not the peer we asked: put it back */
       table_insert(agent, call);
     COUNT(agent, peer, late, 1);
-    ember_frame_free(frame);
+    if (packed && agent->cb.on_unclaimed_reply != NULL)
+      agent->cb.on_unclaimed_reply(agent->cb.user, peer, frame);
+    else
+      ember_frame_free(frame);
     return;
   }
   call_finish(agent, call);
@@ -408,6 +412,8 @@ static void on_reply(ember_agent_t *agent, int peer, ember_frame_t *frame) {
       ember_future_set_error(call->future, EMBER_EREMOTE, &ember_reply_payload,
                              reply);
     }
+    if (packed && agent->cb.on_packed_reply != NULL)
+      agent->cb.on_packed_reply(agent->cb.user, call->future);
   }
   call_free(call);
   check_drained(agent);

@@ -42,6 +42,14 @@ typedef struct {
   void (*on_unknown_peer)(void *user, int peer, const char *name);
   /* Optional: no other worker refers to our value `rref` any more. */
   void (*on_rref_released)(void *user, ember_rref_id_t rref);
+  /*
+  ** Optional: replies flagged EMBER_FLAG_PACKED_CLASSES must be decoded even
+  ** if nobody reads them. on_packed_reply gets a call's future right after it
+  ** completed; on_unclaimed_reply gets a reply no call waits for (late, or
+  ** not ours) and takes the frame.
+  */
+  void (*on_packed_reply)(void *user, ember_future_t *future);
+  void (*on_unclaimed_reply)(void *user, int peer, ember_frame_t *frame);
 } ember_agent_callbacks_t;
 
 /* A new agent on `loop`; free it with ember_agent_close. */

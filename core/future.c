@@ -214,6 +214,16 @@ int ember_future_error_code(const ember_future_t *future) {
   return future->state == EMBER_FUTURE_FAILED ? future->error_code : 0;
 }
 
+int ember_future_replace_payload(ember_future_t *future,
+                                 const ember_payload_type_t *type, void *data) {
+  if (future->state == EMBER_FUTURE_PENDING)
+    return EMBER_EINVAL;
+  drop_payload(future);
+  future->type = type;
+  future->data = data;
+  return 0;
+}
+
 void *ember_future_payload(const ember_future_t *future,
                            const ember_payload_type_t **type) {
   if (type != NULL)

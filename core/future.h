@@ -92,6 +92,12 @@ int ember_future_error_code(const ember_future_t *future);
 void *ember_future_payload(const ember_future_t *future,
                            const ember_payload_type_t **type);
 
+/* Swaps the payload of a completed future (the old one is dropped), keeping
+** its state: a binding caches what it made of the payload. EMBER_EINVAL while
+** pending (then `data` stays the caller's). */
+int ember_future_replace_payload(ember_future_t *future,
+                                 const ember_payload_type_t *type, void *data);
+
 /* Whether anyone looked at the outcome (read it or added a callback). Lets a
 ** binding warn about errors that nobody will ever see. */
 int ember_future_observed(const ember_future_t *future);

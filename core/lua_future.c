@@ -64,18 +64,44 @@ static lua_value_t *pop_lua_value(ember_lua_ctx_t *ctx, lua_State *L) {
 static struct {
   const ember_payload_type_t *type;
   ember_lua_push_payload_fn push;
+  ember_lua_ctx_t *cache_ctx; /* non-NULL: keep the value made, in its state */
 } pushers[MAX_PAYLOAD_PUSHERS];
 
-int ember__lua_register_payload(const ember_payload_type_t *type,
-                                ember_lua_push_payload_fn push) {
+static int register_pusher(const ember_payload_type_t *type,
+                           ember_lua_push_payload_fn push,
+                           ember_lua_ctx_t *cache_ctx) {
   for (int i = 0; i < MAX_PAYLOAD_PUSHERS; i++) {
     if (pushers[i].type == NULL || pushers[i].type == type) {
       pushers[i].type = type;
       pushers[i].push = push;
+      pushers[i].cache_ctx = cache_ctx;
       return 0;
     }
   }
   return EMBER_ENOMEM;
+}
+
+int ember__lua_register_payload(const ember_payload_type_t *type,
+                                ember_lua_push_payload_fn push) {
+  return register_pusher(type, push, NULL);
+}
+
+int ember__lua_register_cached_payload(ember_lua_ctx_t *ctx,
+                                       const ember_payload_type_t *type,
+                                       ember_lua_push_payload_fn push) {
+  return register_pusher(type, push, ctx);
+}
+
+/* Makes the value on top the future's payload, so later reads get the same
+** value instead of making another. */
+static void cache_value(lua_State *L, ember_lua_ctx_t *ctx,
+                        ember_future_t *future) {
+  lua_value_t *value;
+  lua_pushvalue(L, -1);
+  if ((value = pop_lua_value(ctx, L)) == NULL)
+    return;
+  if (ember_future_replace_payload(future, &ember__lua_value_payload, value))
+    drop_lua_value(value);
 }
 
 /* Pushes the result or error value of a completed future. */
@@ -96,12 +122,18 @@ static void push_payload(lua_State *L, ember_future_t *future) {
     for (int i = 0; i < MAX_PAYLOAD_PUSHERS && pushers[i].type != NULL; i++) {
       if (pushers[i].type == type) {
         pushers[i].push(L, data);
+        if (pushers[i].cache_ctx != NULL)
+          cache_value(L, pushers[i].cache_ctx, future);
         return;
       }
     }
     luaL_error(L, "a future holds a '%s' value that Lua cannot read",
                type->name);
   }
+}
+
+void ember__lua_push_outcome_value(lua_State *L, ember_future_t *future) {
+  push_payload(L, future);
 }
 
 /* Returns the value of a completed future, or raises its error. */

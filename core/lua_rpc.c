@@ -182,6 +182,53 @@ static void on_unknown_peer_cb(void *user, int peer, const char *name) {
   call_handler(box, box->unknown_ref, "on_unknown_peer", peer, name);
 }
 
+/* Protected: decodes a completed call's reply now (it is kept, decoded, in
+** the future: later reads get the same value). */
+static int decode_reply_now(lua_State *L) {
+  ember__lua_push_outcome_value(L, lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Protected: decodes the frame at 1 (a Frame userdata) and drops the value. */
+static int decode_and_drop(lua_State *L) {
+  ember_frame_t *frame = lua_touserdata(L, 1);
+  ember__lua_wire_decode(L, frame->body, frame->header.body_len,
+                         frame->payloads, frame->header.tensor_count,
+                         &reply_limits);
+  return 0;
+}
+
+static void report_decode_error(lua_State *L, const char *what) {
+  fprintf(stderr, "ember: cannot decode %s: %s\n", what,
+          lua_tostring(L, -1) ? lua_tostring(L, -1) : "(an error object)");
+  lua_pop(L, 1);
+}
+
+static void on_packed_reply_cb(void *user, ember_future_t *future) {
+  agent_box_t *box = user;
+  lua_State *L = box->ctx->L;
+  if (box->ctx->closing || !lua_checkstack(L, 8))
+    return;
+  lua_pushcfunction(L, decode_reply_now);
+  lua_pushlightuserdata(L, future);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1); /* whoever reads the reply gets the same error */
+}
+
+static void on_unclaimed_reply_cb(void *user, int peer, ember_frame_t *frame) {
+  agent_box_t *box = user;
+  lua_State *L = box->ctx->L;
+  (void)peer;
+  if (box->ctx->closing || !lua_checkstack(L, 8)) {
+    ember_frame_free(frame);
+    return;
+  }
+  lua_pushcfunction(L, decode_and_drop);
+  push_frame(L, frame);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    report_decode_error(L, "a late reply");
+}
+
 static void on_rref_released_cb(void *user, ember_rref_id_t rref) {
   agent_box_t *box = user;
   call_handler(box, box->released_ref, "on_rref_released", (lua_Integer)rref,
@@ -283,6 +330,8 @@ static int agent_new(lua_State *L) {
   callbacks.on_peer_lost = on_peer_lost_cb;
   callbacks.on_unknown_peer = on_unknown_peer_cb;
   callbacks.on_rref_released = on_rref_released_cb;
+  callbacks.on_packed_reply = on_packed_reply_cb;
+  callbacks.on_unclaimed_reply = on_unclaimed_reply_cb;
   if ((err = ember_agent_new(ctx->loop, &opts, &callbacks, &box->agent)) != 0)
     return ember__lua_raise(L, err, "cannot start the RPC agent: %s",
                             ember_strerror(err));
@@ -498,7 +547,8 @@ void ember__lua_open_rpc(lua_State *L) {
   }
   lua_pop(L, 1);
   ember_wire_default_limits(&reply_limits);
-  ember__lua_register_payload(&ember_reply_payload, push_reply);
+  ember__lua_register_cached_payload(lua_touserdata(L, 1), &ember_reply_payload,
+                                     push_reply);
   lua_pushvalue(L, 2);
   ember__lua_setfuncs(L, 1, rpc_funcs);
   lua_pop(L, 1);

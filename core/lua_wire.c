@@ -274,6 +274,7 @@ static void encode_instance(encoder_t *e, int index) {
   PACK(e, msgpack_pack_ext(&e->pk, name_len, EMBER_EXT_CLASS));
   PACK(e, msgpack_pack_ext_body(&e->pk, name, name_len));
   if (has_pack) {
+    e->msg->flags |= EMBER_FLAG_PACKED_CLASSES;
     lua_pushvalue(L, index);
     lua_call(L, 1, 1);
     encode_value(e, lua_gettop(L));

@@ -121,6 +121,7 @@ typedef struct {
   node_t node; /* key: the child's fork id */
   uint64_t parent_fork;
   int worker; /* who received it */
+  int owner;  /* the value's owner: it accepts on the child's behalf */
 } child_t;
 
 struct ember_rrefs_s {
@@ -133,14 +134,33 @@ struct ember_rrefs_s {
   uint64_t deleting;
   uint64_t pending;
   ember_waiters_t settle_waiters;
+  /*
+  ** Re-entry: sending may report a peer lost, and completing waiters or
+  ** releasing a value runs Lua, which may call in again. Every entry point
+  ** counts its depth; losses reported inside one wait for the outermost to
+  ** finish, and only the outermost completes settle waiters.
+  */
+  int depth;
+  int *lost_later;
+  size_t lost_later_count, lost_later_cap;
 };
+
+static void drop_peer(ember_rrefs_t *r, int peer);
+
+static void enter(ember_rrefs_t *r) { r->depth++; }
+
+static void leave(ember_rrefs_t *r) {
+  if (r->depth == 1)
+    while (r->lost_later_count > 0)
+      drop_peer(r, r->lost_later[--r->lost_later_count]);
+  if (--r->depth == 0 && r->pending == 0 && r->settle_waiters.count > 0)
+    ember_waiters_complete(&r->settle_waiters);
+}
 
 /* --- Settling ------------------------------------------------------------------ */
 
 static void pending_add(ember_rrefs_t *r, int delta) {
   r->pending += (uint64_t)(int64_t)delta;
-  if (r->pending == 0 && r->settle_waiters.count > 0)
-    ember_waiters_complete(&r->settle_waiters);
 }
 
 ember_future_t *ember_rrefs_settled(ember_rrefs_t *r) {
@@ -200,6 +220,7 @@ void ember_rrefs_free(ember_rrefs_t *r) {
   free_map(&r->users, 0);
   free_map(&r->children, 0);
   free_map(&r->gone, 0);
+  free(r->lost_later);
   ember_waiters_complete(&r->settle_waiters);
   free(r);
 }
@@ -272,21 +293,26 @@ static void owner_drop_fork(ember_rrefs_t *r, owner_t *o, size_t i) {
     r->ops.on_released(r->ops.user, rref);
 }
 
+/* Drops fork `fork` of our value; with check_holder, only when `holder`
+** holds it (a DELETE from anyone else is ignored). */
 static void owner_del_fork(ember_rrefs_t *r, ember_rref_id_t rref,
-                           uint64_t fork) {
+                           uint64_t fork, int holder, int check_holder) {
   owner_t *o = find_owner(r, rref);
   if (o == NULL)
     return;
   for (size_t i = 0; i < o->fork_count; i++)
     if (o->forks[i].fork == fork) {
-      owner_drop_fork(r, o, i);
+      if (!check_holder || o->forks[i].holder == holder)
+        owner_drop_fork(r, o, i);
       return;
     }
 }
 
 void ember_rrefs_owner_received(ember_rrefs_t *r, uint64_t fork, int parent) {
+  enter(r);
   if (parent != r->self)
     send_ids(r, parent, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1);
+  leave(r);
 }
 
 int ember_rrefs_owner_forks(const ember_rrefs_t *r, ember_rref_id_t rref) {
@@ -322,8 +348,8 @@ static void user_try_delete(ember_rrefs_t *r, user_t *u) {
     user_free(r, u); /* the owner is gone: nothing to tell it */
 }
 
-int ember_rrefs_user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
-                         int owner, int parent) {
+static int user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
+                    int owner, int parent) {
   user_t *u;
   int err = check_peer(r, owner);
   if (err != 0)
@@ -353,15 +379,31 @@ int ember_rrefs_user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
   return 0;
 }
 
-void ember_rrefs_user_confirm(ember_rrefs_t *r, uint64_t fork) {
-  user_t *u = find_user(r, fork);
-  if (u == NULL || u->confirmed)
+int ember_rrefs_user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
+                         int owner, int parent) {
+  int err;
+  enter(r);
+  err = user_new(r, rref, fork, owner, parent);
+  leave(r);
+  return err;
+}
+
+static void user_confirm(ember_rrefs_t *r, user_t *u) {
+  if (u->confirmed)
     return;
   u->confirmed = 1;
   pending_add(r, -1);
   if (u->parent != u->owner && u->parent != r->self)
-    send_ids(r, u->parent, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1);
+    send_ids(r, u->parent, EMBER_MSG_RREF_CHILD_ACCEPT, u->node.key, 0, 1);
   user_try_delete(r, u);
+}
+
+void ember_rrefs_user_confirm(ember_rrefs_t *r, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  enter(r);
+  if (u != NULL)
+    user_confirm(r, u);
+  leave(r);
 }
 
 int ember_rrefs_user_state(const ember_rrefs_t *r, uint64_t fork) {
@@ -371,12 +413,19 @@ int ember_rrefs_user_state(const ember_rrefs_t *r, uint64_t fork) {
   return u->confirmed ? 1 : 0;
 }
 
-void ember_rrefs_user_release(ember_rrefs_t *r, uint64_t fork) {
-  user_t *u = find_user(r, fork);
-  if (u == NULL || u->released)
+static void user_release(ember_rrefs_t *r, user_t *u) {
+  if (u->released)
     return;
   u->released = 1;
   user_try_delete(r, u);
+}
+
+void ember_rrefs_user_release(ember_rrefs_t *r, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  enter(r);
+  if (u != NULL)
+    user_release(r, u);
+  leave(r);
 }
 
 int ember_rrefs_user_add_child(ember_rrefs_t *r, uint64_t parent_fork,
@@ -393,6 +442,7 @@ int ember_rrefs_user_add_child(ember_rrefs_t *r, uint64_t parent_fork,
   c->node.key = child_fork;
   c->parent_fork = parent_fork;
   c->worker = to;
+  c->owner = u->owner;
   if (map_put(&r->children, &c->node) != 0) {
     free(c);
     return ember__wire_fail(EMBER_ENOMEM, "out of memory for an RRef");
@@ -417,10 +467,12 @@ static void child_done(ember_rrefs_t *r, child_t *c) {
 void ember_rrefs_cancel_fork(ember_rrefs_t *r, ember_rref_id_t rref,
                              uint64_t fork) {
   child_t *c = (child_t *)map_find(&r->children, fork);
+  enter(r);
   if (c != NULL)
     child_done(r, c);
   else
-    owner_del_fork(r, rref, fork);
+    owner_del_fork(r, rref, fork, r->self, 0);
+  leave(r);
 }
 
 /* --- Messages ------------------------------------------------------------------------- */
@@ -459,7 +511,7 @@ static void on_fork(ember_rrefs_t *r, int peer, const uint64_t *ids) {
 }
 
 static void on_delete(ember_rrefs_t *r, int peer, const uint64_t *ids) {
-  owner_del_fork(r, ids[0], ids[1]);
+  owner_del_fork(r, ids[0], ids[1], peer, 1);
   send_ids(r, peer, EMBER_MSG_RREF_DELETE_ACK, ids[1], 0, 1);
 }
 
@@ -469,11 +521,17 @@ static void on_delete_ack(ember_rrefs_t *r, int peer, uint64_t fork) {
     user_free(r, u);
 }
 
+/* From the child's holder, or from the owner when the child went to it. */
 static void on_child_accept(ember_rrefs_t *r, int peer, uint64_t fork) {
   child_t *c = (child_t *)map_find(&r->children, fork);
-  (void)peer; /* the child's holder, or the owner on its behalf */
-  if (c != NULL)
+  if (c != NULL && (peer == c->worker || peer == c->owner))
     child_done(r, c);
+}
+
+static void on_confirm(ember_rrefs_t *r, int peer, uint64_t fork) {
+  user_t *u = find_user(r, fork);
+  if (u != NULL && u->owner == peer)
+    user_confirm(r, u);
 }
 
 int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
@@ -483,16 +541,14 @@ int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
   int err = read_ids(body, len, ids, two ? 2 : 1);
   if (err != 0)
     return err;
+  enter(r);
   switch (kind) {
   case EMBER_MSG_RREF_FORK:
     on_fork(r, peer, ids);
     break;
-  case EMBER_MSG_RREF_CONFIRM: {
-    user_t *u = find_user(r, ids[0]);
-    if (u != NULL && u->owner == peer)
-      ember_rrefs_user_confirm(r, ids[0]);
+  case EMBER_MSG_RREF_CONFIRM:
+    on_confirm(r, peer, ids[0]);
     break;
-  }
   case EMBER_MSG_RREF_DELETE:
     on_delete(r, peer, ids);
     break;
@@ -503,10 +559,11 @@ int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
     on_child_accept(r, peer, ids[0]);
     break;
   default:
-    return ember__wire_fail(EMBER_EINVAL, "frame kind %d is not an RRef "
-                            "control message", kind);
+    err = ember__wire_fail(EMBER_EINVAL, "frame kind %d is not an RRef "
+                           "control message", kind);
   }
-  return 0;
+  leave(r);
+  return err;
 }
 
 /* --- Lost peers ------------------------------------------------------------------------- */
@@ -539,14 +596,16 @@ static void drop_users_of(void *arg, node_t *n) {
     user_free(lost->r, u);
 }
 
+/* A child sent to the lost peer, or of a value the lost peer owned, will
+** never be accepted. */
 static void drop_children_at(void *arg, node_t *n) {
   lost_t *lost = arg;
   child_t *c = (child_t *)n;
-  if (c->worker == lost->peer)
+  if (c->worker == lost->peer || c->owner == lost->peer)
     child_done(lost->r, c);
 }
 
-void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
+static void drop_peer(ember_rrefs_t *r, int peer) {
   lost_t lost = {r, peer};
   node_t *gone;
   if (map_find(&r->gone, (uint64_t)(uint32_t)peer) == NULL &&
@@ -558,6 +617,25 @@ void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
   map_each(&r->owners, drop_forks_held_by, &lost);
   map_each(&r->users, drop_users_of, &lost);
   map_each(&r->children, drop_children_at, &lost);
+}
+
+void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
+  if (r->depth > 0) {
+    /* Reported from inside an entry point (a send that failed): later. */
+    if (r->lost_later_count == r->lost_later_cap) {
+      size_t cap = r->lost_later_cap ? r->lost_later_cap * 2 : 4;
+      int *grown = realloc(r->lost_later, cap * sizeof(*grown));
+      if (grown == NULL)
+        return;
+      r->lost_later = grown;
+      r->lost_later_cap = cap;
+    }
+    r->lost_later[r->lost_later_count++] = peer;
+    return;
+  }
+  enter(r);
+  drop_peer(r, peer);
+  leave(r);
 }
 
 /* --- Counters and shutdown ------------------------------------------------------------------ */
@@ -573,18 +651,26 @@ void ember_rrefs_each_held(const ember_rrefs_t *r,
                            void (*fn)(void *arg, ember_rref_id_t rref,
                                       uint64_t fork, int owner),
                            void *arg) {
+  /* Copied first: fn may run Lua, whose collector may release forks. */
+  user_t *held = malloc((r->users.count + 1) * sizeof(*held));
+  size_t n = 0;
+  if (held == NULL)
+    return;
   for (size_t b = 0; b < r->users.cap; b++)
-    for (node_t *n = r->users.buckets[b]; n != NULL; n = n->next) {
-      const user_t *u = (const user_t *)n;
-      if (!u->released)
-        fn(arg, u->rref, n->key, u->owner);
-    }
+    for (node_t *node = r->users.buckets[b]; node != NULL; node = node->next)
+      if (!((const user_t *)node)->released)
+        held[n++] = *(const user_t *)node;
+  for (size_t i = 0; i < n; i++)
+    fn(arg, held[i].rref, held[i].node.key, held[i].owner);
+  free(held);
 }
 
 static void release_one(void *arg, node_t *n) {
-  ember_rrefs_user_release(arg, n->key);
+  user_release(arg, (user_t *)n);
 }
 
 void ember_rrefs_release_all(ember_rrefs_t *r) {
+  enter(r);
   map_each(&r->users, release_one, r);
+  leave(r);
 }

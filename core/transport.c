@@ -1373,7 +1373,8 @@ int ember_transport_send(ember_transport_t *t, int id, int kind,
                             body_len, count, t->limits.max_body,
                             t->limits.max_tensors);
   }
-  if ((frame = frame_out_new(kind, flags, request_id, msg)) == NULL) {
+  if ((frame = frame_out_new(kind, flags | msg->flags, request_id, msg)) ==
+      NULL) {
     ember_wire_msg_free(msg);
     ember_wire_msg_init(msg);
     return EMBER_ENOMEM;

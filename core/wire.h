@@ -65,6 +65,10 @@ typedef enum {
 
 /* Frame flags. */
 #define EMBER_FLAG_ASYNC_EXECUTION 0x0001u /* informational only */
+/* The body holds instances a class's __pack encoded: their __unpack may have
+** effects (an RRef registers its fork), so the receiver decodes the body even
+** when nobody asks for it (a reply nobody reads, or one that came late). */
+#define EMBER_FLAG_PACKED_CLASSES 0x0002u
 
 typedef enum {
   EMBER_EXT_TENSOR = 1,
@@ -193,6 +197,7 @@ typedef struct {
   ember_wire_payload_t *payloads;
   uint32_t payload_count;
   uint32_t payload_cap;
+  uint16_t flags; /* EMBER_FLAG_* the frame carrying it gets */
 } ember_wire_msg_t;
 
 void ember_wire_msg_init(ember_wire_msg_t *msg);

@@ -47,18 +47,21 @@ local function quiet(future)
   return future
 end
 
--- Runs fn(args) here as a task; its future holds the value or a RemoteError.
-local function start_value(fn, args)
-  return quiet(spawn(function()
-    local ok, result = xpcall(I.run_function, I.to_remote_error, fn, args)
-    if not ok then error(result, 0) end
-    return result
-  end))
+-- A record for value `id`; its future completes with the value (or the
+-- RemoteError that making it raised).
+local function new_record(id)
+  local rec = { id = id, future = quiet(core.Future()) }
+  owned[id] = rec
+  return rec
 end
 
-local function new_record(id, future)
-  local rec = { id = id, future = future }
-  owned[id] = rec
+-- Runs fn(args) here as a task; the record's future gets what it gives.
+local function start_value(rec, fn, args)
+  rec.started = true
+  spawn(function()
+    local ok, result = xpcall(I.run_function, I.to_remote_error, fn, args)
+    if ok then rec.future:set_result(result) else rec.future:set_exception(result) end
+  end)
   return rec
 end
 
@@ -159,29 +162,41 @@ rpc.register_class("ember.RRef", RRef)
 
 -- --- What owners serve --------------------------------------------------------
 
-local function record_of(id)
+-- How long a fetch or proxy call waits for a value whose creation request
+-- has not arrived yet (it may come after them, from its creator).
+local CREATION_WAIT = 10
+
+-- The value `id` for worker `from`, waiting for its creation if need be.
+-- From the worker that made the id, the creation request came first on the
+-- same connection: if there is no value, there will be none.
+local function value_of(id, from)
   local rec = owned[id]
-  if rec == nil then
+  if rec == nil and from ~= id >> 40 then rec = new_record(id) end
+  if rec ~= nil and not rec.started and not rec.future:done() then
+    futures.wait_any({ rec.future }, { timeout = CREATION_WAIT })
+  end
+  if rec == nil or not rec.future:done() then
     local s = I.state()
     error(("RRef %s has no value on worker '%s' (it was deleted, or never " ..
       "created here)"):format(id_text(id), s and s.name or "?"), 0)
   end
-  return rec
+  return rec.future:wait()
 end
 
--- remote(): make the value for the caller, who made the id; answer at once.
+-- remote(): make the value for the caller, who made the id, and answer at
+-- once. The fork is registered before the value exists: the caller holds
+-- its RRef from the moment remote() returned. A record may exist already,
+-- made by a fetch that came first (from a third worker given the RRef).
 local CREATE = rpc._builtin("rref_create", function(id, fn, args)
   local s = I.state()
-  local rec = owned[id] or new_record(id, nil)
+  local rec = owned[id] or new_record(id)
   s.agent:rref_add_fork(id, id, id >> 40)
   kept[id] = rec
-  if rec.future == nil then rec.future = start_value(fn, args) end
+  if not rec.started then start_value(rec, fn, args) end
   return true
 end)
 
-local FETCH = rpc._builtin("rref_fetch", function(id)
-  return record_of(id).future:wait()
-end)
+local FETCH = rpc._builtin("rref_fetch", value_of)
 
 local function call_method(value, method, args)
   if type(method) ~= "string" then
@@ -207,8 +222,8 @@ local function call_method(value, method, args)
   return result
 end
 
-local CALL = rpc._builtin("rref_call", function(id, method, args)
-  return call_method(record_of(id).future:wait(), method, args)
+local CALL = rpc._builtin("rref_call", function(id, from, method, args)
+  return call_method(value_of(id, from), method, args)
 end)
 
 -- --- The public API ---------------------------------------------------------------
@@ -223,9 +238,10 @@ end
 -- rpc.RRef(value): an RRef to a value owned by this worker.
 function rpc.RRef(value)
   local s = state_or_fail("RRef")
-  local future = core.Future()
-  future:set_result(value)
-  return owner_rref(s, new_record(s.agent:rref_new_id(), future))
+  local rec = new_record(s.agent:rref_new_id())
+  rec.started = true
+  rec.future:set_result(value)
+  return owner_rref(s, rec)
 end
 
 -- rpc.remote(to, fn, args, {timeout=}): an RRef to fn(table.unpack(args)) run
@@ -241,7 +257,8 @@ function rpc.remote(to, fn, args, opts)
   end
   local timeout = I.call_options(s, opts, "remote")
   if dest == s.rank then
-    return owner_rref(s, new_record(s.agent:rref_new_id(), start_value(ref, args)))
+    return owner_rref(s, start_value(new_record(s.agent:rref_new_id()), ref,
+      args))
   end
   local id = s.agent:rref_new_id()
   local ack = rpc.rpc_async(dest, CREATE, { id, ref, args }, { timeout = timeout })
@@ -291,9 +308,20 @@ end
 function RRef:to_here(timeout)
   check_rref(self, "to_here")
   if self.rec then return self.rec.future:wait() end
-  if self.creation_error ~= nil then error(self.creation_error, 2) end
-  return rpc.rpc_sync(self.owner_id, FETCH, { self.id },
+  return self:_checked(rpc.rpc_sync, FETCH, { self.id,
+    state_or_fail("to_here").rank },
     timeout ~= nil and { timeout = timeout } or nil)
+end
+
+-- Sends a request about this RRef to its owner with send(...). When making
+-- the value failed on the way (its creation request could not be read),
+-- that failure is what the caller sees.
+function RRef:_checked(send, fn, args, opts)
+  if self.creation_error ~= nil then error(self.creation_error, 0) end
+  local ok, result = pcall(send, self.owner_id, fn, args, opts)
+  if ok then return result end
+  if self.creation_error ~= nil then error(self.creation_error, 0) end
+  error(result, 0)
 end
 
 -- Proxies: rref:rpc_sync():method(...) runs value:method(...) on the owner.
@@ -301,7 +329,9 @@ local function proxy(r, opts, send)
   return setmetatable({}, {
     __index = function(_, method)
       return function(_, ...)
-        return send(r.owner_id, CALL, { r.id, method, table.pack(...) }, opts)
+        local from = state_or_fail("proxy").rank
+        return r:_checked(send, CALL, { r.id, from, method, table.pack(...) },
+          opts)
       end
     end,
   })

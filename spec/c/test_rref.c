@@ -3,6 +3,7 @@
 ** whose control frames go into one queue; deliver() hands them over in order,
 ** as the transport would.
 */
+#include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,7 @@ typedef struct {
   int head, tail;
   ember_rref_id_t released[16];
   int released_count;
+  int lost_on_send[WORKERS]; /* a send to it reports the loss at once */
 } world_t;
 
 static world_t world;
@@ -34,6 +36,12 @@ static world_t world;
 static int send_cb(void *user, int peer, int kind, ember_wire_msg_t *msg) {
   int from = *(int *)user;
   sent_t *s;
+  if (world.lost_on_send[peer] && !world.lost[peer]) {
+    /* As the transport does when connecting fails at once: the loss is
+    ** reported from inside the send. */
+    world.lost[peer] = 1;
+    ember_rrefs_peer_lost(world.r[from], peer);
+  }
   if (world.lost[peer]) {
     ember_wire_msg_free(msg);
     return EMBER_EPEERLOST;
@@ -84,6 +92,27 @@ static int deliver(void) {
   }
   world.head = world.tail = 0;
   return n;
+}
+
+/* Queues a control frame [a] or [a, b] from `from` to `to`. */
+static void push_frame(int from, int to, int kind, uint64_t a, uint64_t b,
+                       int count) {
+  msgpack_sbuffer buf;
+  msgpack_packer pk;
+  sent_t *s = &world.queue[world.tail++];
+  msgpack_sbuffer_init(&buf);
+  msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, (size_t)count);
+  msgpack_pack_uint64(&pk, a);
+  if (count > 1)
+    msgpack_pack_uint64(&pk, b);
+  CHECK(buf.size <= sizeof(s->body));
+  s->from = from;
+  s->to = to;
+  s->kind = kind;
+  memcpy(s->body, buf.data, buf.size);
+  s->len = buf.size;
+  msgpack_sbuffer_destroy(&buf);
 }
 
 static ember_rrefs_stats_t stats_of(int w) {
@@ -224,9 +253,111 @@ static void test_repeated_messages_are_harmless(void) {
   ember_rrefs_user_release(world.r[1], rref);
   CHECK_EQ(deliver(), 2);
   /* A DELETE of a fork the owner no longer has is still acknowledged. */
-  ember_rrefs_user_release(world.r[1], rref);
-  CHECK_EQ(deliver(), 0);
+  push_frame(1, 0, EMBER_MSG_RREF_DELETE, rref, rref, 2);
+  CHECK_EQ(deliver(), 2);
   CHECK_EQ(world.released_count, 1);
+  teardown();
+}
+
+static void test_control_messages_from_the_wrong_peer_are_ignored(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  /* Worker 2 cannot delete worker 1's fork... */
+  push_frame(2, 0, EMBER_MSG_RREF_DELETE, rref, rref, 2);
+  deliver();
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 1);
+  CHECK_EQ(world.released_count, 0);
+  /* ...nor accept a child that went to someone else. */
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 0), 0);
+  push_frame(2, 1, EMBER_MSG_RREF_CHILD_ACCEPT, child, 0, 1);
+  deliver();
+  CHECK_EQ(stats_of(1).pending, 1);
+  /* ...nor confirm a fork it does not own. */
+  ember_rref_id_t other = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], other, other, 0, 1), 0);
+  push_frame(2, 1, EMBER_MSG_RREF_CONFIRM, other, 0, 1);
+  deliver();
+  CHECK_EQ(ember_rrefs_user_state(world.r[1], other), 0);
+  teardown();
+}
+
+/* The owner dies while a fork of its value is on its way to a third worker:
+** the sender stops waiting for the child to be accepted. */
+static void test_owner_lost_with_a_child_in_flight(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  world.lost[0] = 1;
+  ember_rrefs_peer_lost(world.r[1], 0);
+  CHECK_EQ(stats_of(1).pending, 0);
+  CHECK_EQ(stats_of(1).users, 0);
+  teardown();
+}
+
+/* A send that reports its peer lost from inside must not free a record
+** twice or count it out twice. */
+static void test_a_loss_reported_inside_a_send(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  world.lost_on_send[0] = 1; /* worker 2 cannot reach the owner */
+  CHECK_EQ(ember_rrefs_user_new(world.r[2], rref, child, 0, 1), 0);
+  CHECK_EQ(stats_of(2).users, 0);
+  CHECK_EQ(stats_of(2).pending, 0);
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], child), -1);
+  teardown();
+}
+
+static int released_all_in_callback;
+
+static void release_all_cb(ember_future_t *future, void *arg) {
+  if (future != NULL) {
+    ember_rrefs_release_all(arg);
+    released_all_in_callback = 1;
+  }
+}
+
+/* A settle waiter that runs code (as a resumed shutdown does) only runs once
+** the update that settled things is complete. */
+static void test_settle_waiters_run_after_the_update(void) {
+  setup();
+  ember_rref_id_t a = remote_from_1();
+  ember_rref_id_t b = ember_rrefs_new_id(world.r[1]);
+  ember_future_t *settled;
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], b, b, 0, 0), 0); /* confirmed */
+  ember_rrefs_user_release(world.r[1], a); /* a DELETE awaits its ACK */
+  settled = ember_rrefs_settled(world.r[1]);
+  released_all_in_callback = 0;
+  CHECK_EQ(ember_future_add_callback(settled, release_all_cb, world.r[1]), 0);
+  world.head = world.tail = 0; /* the owner dies before answering */
+  world.lost[0] = 1;
+  ember_rrefs_peer_lost(world.r[1], 0);
+  CHECK_EQ(released_all_in_callback, 1);
+  CHECK_EQ(stats_of(1).pending, 0);
+  CHECK_EQ(stats_of(1).users, 0);
+  ember_future_release(settled);
+  teardown();
+}
+
+/* Releasing a confirmed fork and confirming a released one keep the settle
+** future pending while the DELETE is out. */
+static void test_no_transient_settling(void) {
+  setup();
+  ember_rref_id_t rref = ember_rrefs_new_id(world.r[1]);
+  ember_future_t *settled;
+  CHECK_EQ(ember_rrefs_user_new(world.r[1], rref, rref, 0, 1), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  settled = ember_rrefs_settled(world.r[1]);
+  ember_rrefs_owner_add_fork(world.r[0], rref, rref, 1);
+  ember_rrefs_user_confirm(world.r[1], rref); /* sends the DELETE */
+  CHECK(ember_future_state(settled) == EMBER_FUTURE_PENDING);
+  deliver();
+  CHECK(ember_future_state(settled) != EMBER_FUTURE_PENDING);
+  ember_future_release(settled);
   teardown();
 }
 
@@ -333,4 +464,9 @@ CHECK_MAIN(CHECK_TEST(test_ids_name_their_creator),
            CHECK_TEST(test_a_lost_peer_releases_pending_children),
            CHECK_TEST(test_sends_to_a_lost_owner_do_not_wait),
            CHECK_TEST(test_settled_and_release_all),
-           CHECK_TEST(test_malformed_messages_are_refused))
+           CHECK_TEST(test_malformed_messages_are_refused),
+           CHECK_TEST(test_control_messages_from_the_wrong_peer_are_ignored),
+           CHECK_TEST(test_owner_lost_with_a_child_in_flight),
+           CHECK_TEST(test_a_loss_reported_inside_a_send),
+           CHECK_TEST(test_settle_waiters_run_after_the_update),
+           CHECK_TEST(test_no_transient_settling))

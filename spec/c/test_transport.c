@@ -298,7 +298,10 @@ static void on_request(void *user, int peer, ember_frame_t *frame) {
 static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
                        int id, int *port) {
   ember_transport_opts_t opts;
-  ember_agent_callbacks_t cb = {server, on_request, NULL, NULL, NULL};
+  ember_agent_callbacks_t cb;
+  memset(&cb, 0, sizeof(cb));
+  cb.user = server;
+  cb.on_request = on_request;
   opts.name = name;
   opts.id = id;
   opts.secret = NULL;
