@@ -49,11 +49,13 @@ extern const ember_payload_type_t ember__lua_value_payload;
 typedef void (*ember_lua_push_payload_fn)(lua_State *L, void *data);
 int ember__lua_register_payload(const ember_payload_type_t *type,
                                 ember_lua_push_payload_fn push);
-/* The same, and the value made on the first read becomes the future's
-** payload: every read gets that one value (an RPC reply is decoded once). */
+/* The same, and when cache(data) says so, the value made on the first read
+** becomes the future's payload: every read gets that one value (a reply
+** holding RRefs is decoded once). */
 int ember__lua_register_cached_payload(ember_lua_ctx_t *ctx,
                                        const ember_payload_type_t *type,
-                                       ember_lua_push_payload_fn push);
+                                       ember_lua_push_payload_fn push,
+                                       int (*cache)(const void *data));
 /* Pushes a completed future's result or error value (may raise). */
 void ember__lua_push_outcome_value(lua_State *L, ember_future_t *future);
 

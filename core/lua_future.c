@@ -64,16 +64,20 @@ static lua_value_t *pop_lua_value(ember_lua_ctx_t *ctx, lua_State *L) {
 static struct {
   const ember_payload_type_t *type;
   ember_lua_push_payload_fn push;
-  ember_lua_ctx_t *cache_ctx; /* non-NULL: keep the value made, in its state */
+  /* When cache(data) says so, the value made is kept as the payload. */
+  int (*cache)(const void *data);
+  ember_lua_ctx_t *cache_ctx;
 } pushers[MAX_PAYLOAD_PUSHERS];
 
 static int register_pusher(const ember_payload_type_t *type,
                            ember_lua_push_payload_fn push,
+                           int (*cache)(const void *data),
                            ember_lua_ctx_t *cache_ctx) {
   for (int i = 0; i < MAX_PAYLOAD_PUSHERS; i++) {
     if (pushers[i].type == NULL || pushers[i].type == type) {
       pushers[i].type = type;
       pushers[i].push = push;
+      pushers[i].cache = cache;
       pushers[i].cache_ctx = cache_ctx;
       return 0;
     }
@@ -83,13 +87,14 @@ static int register_pusher(const ember_payload_type_t *type,
 
 int ember__lua_register_payload(const ember_payload_type_t *type,
                                 ember_lua_push_payload_fn push) {
-  return register_pusher(type, push, NULL);
+  return register_pusher(type, push, NULL, NULL);
 }
 
 int ember__lua_register_cached_payload(ember_lua_ctx_t *ctx,
                                        const ember_payload_type_t *type,
-                                       ember_lua_push_payload_fn push) {
-  return register_pusher(type, push, ctx);
+                                       ember_lua_push_payload_fn push,
+                                       int (*cache)(const void *data)) {
+  return register_pusher(type, push, cache, ctx);
 }
 
 /* Makes the value on top the future's payload, so later reads get the same
@@ -122,7 +127,7 @@ static void push_payload(lua_State *L, ember_future_t *future) {
     for (int i = 0; i < MAX_PAYLOAD_PUSHERS && pushers[i].type != NULL; i++) {
       if (pushers[i].type == type) {
         pushers[i].push(L, data);
-        if (pushers[i].cache_ctx != NULL)
+        if (pushers[i].cache != NULL && pushers[i].cache(data))
           cache_value(L, pushers[i].cache_ctx, future);
         return;
       }

@@ -39,6 +39,13 @@ static void push_reply(lua_State *L, void *data) {
                          &reply_limits);
 }
 
+/* A reply whose decoding has effects (RRefs) is decoded once; others, on
+** each read, which costs less than keeping the value. */
+static int reply_has_packed_classes(const void *data) {
+  const ember_reply_t *reply = data;
+  return (reply->frame.header.flags & EMBER_FLAG_PACKED_CLASSES) != 0;
+}
+
 /* --- Incoming requests ---------------------------------------------------------- */
 
 /* A frame owned by Lua while a request is decoded: freed by __gc whatever
@@ -548,7 +555,7 @@ void ember__lua_open_rpc(lua_State *L) {
   lua_pop(L, 1);
   ember_wire_default_limits(&reply_limits);
   ember__lua_register_cached_payload(lua_touserdata(L, 1), &ember_reply_payload,
-                                     push_reply);
+                                     push_reply, reply_has_packed_classes);
   lua_pushvalue(L, 2);
   ember__lua_setfuncs(L, 1, rpc_funcs);
   lua_pop(L, 1);
