@@ -902,8 +902,7 @@ static void park_hello(conn_t *conn, const handshake_t *h) {
   conn->parked_name[h->name_len] = '\0';
   memcpy(conn->peer_nonce, h->nonce, NONCE_BYTES);
   conn->parked_until = uv_now(ember_loop_uv(t->loop)) + t->park_timeout_ms;
-  if (!uv_is_active((uv_handle_t *)&t->park_timer))
-    arm_park_timer(t);
+  arm_park_timer(t); /* its deadline may be the earliest */
   /* Last: the callback may declare the peer at once (or close us). */
   if (t->cb.on_unknown_peer != NULL && !t->closing)
     t->cb.on_unknown_peer(t->cb.user, conn->parked_id, conn->parked_name);

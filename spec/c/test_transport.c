@@ -18,6 +18,10 @@ typedef struct {
   char last_body[64];
   int64_t tensor_sum;
   char lost_why[512];
+  int unknown; /* HELLOs from undeclared ids */
+  int unknown_id;
+  char unknown_name[32];
+  int declare_port; /* > 0: declare the unknown peer at once, at this port */
 } side_t;
 
 static void on_frame(void *user, int peer, ember_frame_t *frame) {
@@ -46,10 +50,20 @@ static void on_lost(void *user, int peer, int code, const char *why) {
   snprintf(side->lost_why, sizeof(side->lost_why), "%s", why);
 }
 
+static void on_unknown(void *user, int peer, const char *name) {
+  side_t *side = user;
+  side->unknown++;
+  side->unknown_id = peer;
+  snprintf(side->unknown_name, sizeof(side->unknown_name), "%s", name);
+  if (side->declare_port > 0)
+    CHECK(ember_transport_add_peer(side->t, peer, name, "127.0.0.1",
+                                   side->declare_port) == 0);
+}
+
 static void make_side(ember_loop_t *loop, side_t *side, const char *name,
                       int id, const char *secret, int *port) {
   ember_transport_opts_t opts;
-  ember_transport_callbacks_t cb = {side, on_frame, on_lost, NULL};
+  ember_transport_callbacks_t cb = {side, on_frame, on_lost, on_unknown};
   memset(side, 0, sizeof(*side));
   opts.name = name;
   opts.id = id;
@@ -111,6 +125,37 @@ static void test_frames_both_ways(void) {
     send_text(&a, 1, EMBER_MSG_REQUEST, (uint64_t)i, "many");
   RUN_UNTIL(loop, b.frames == 1001);
   CHECK_EQ(a.lost + b.lost, 0);
+  close_all(loop, &a, &b);
+}
+
+/* A HELLO from an id nobody declared waits: declared from the callback it
+** is answered; never declared, it is dropped after the park timeout. */
+static void test_undeclared_peers_are_parked(void) {
+  ember_loop_t *loop;
+  side_t a, b, c;
+  int pa, pb, pc;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_side(loop, &a, "a", 0, NULL, &pa);
+  make_side(loop, &b, "b", 1, NULL, &pb);
+  make_side(loop, &c, "client5", 5, NULL, &pc);
+  b.declare_port = pc;
+  CHECK(ember_transport_add_peer(c.t, 1, "b", "127.0.0.1", pb) == 0);
+  send_text(&c, 1, EMBER_MSG_REQUEST, 3, "join");
+  RUN_UNTIL(loop, b.frames == 1);
+  CHECK_EQ(b.unknown, 1);
+  CHECK_EQ(b.unknown_id, 5);
+  CHECK(strcmp(b.unknown_name, "client5") == 0);
+  send_text(&b, 5, EMBER_MSG_RESPONSE, 3, "welcome");
+  RUN_UNTIL(loop, c.frames == 1);
+  /* a is never declared at b: its HELLO is dropped, and a hears of it. */
+  b.declare_port = 0;
+  ember__transport_set_park_timeout(b.t, 50);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  send_text(&a, 1, EMBER_MSG_REQUEST, 4, "anyone?");
+  RUN_UNTIL(loop, a.lost == 1);
+  CHECK_EQ(b.unknown, 2);
+  CHECK_EQ(b.frames, 1);
+  ember_transport_close(c.t);
   close_all(loop, &a, &b);
 }
 
@@ -362,7 +407,9 @@ static void test_agent_calls_and_timeouts(void) {
   CHECK_EQ(ember_future_live_count(), 0);
 }
 
-CHECK_MAIN(CHECK_TEST(test_frames_both_ways), CHECK_TEST(test_tensor_payload),
+CHECK_MAIN(CHECK_TEST(test_frames_both_ways),
+           CHECK_TEST(test_undeclared_peers_are_parked),
+           CHECK_TEST(test_tensor_payload),
            CHECK_TEST(test_wrong_secret), CHECK_TEST(test_secret_matches),
            CHECK_TEST(test_bad_input_keeps_serving),
            CHECK_TEST(test_agent_calls_and_timeouts))
