@@ -32,11 +32,15 @@ static ember_wire_limits_t reply_limits;
 
 /* --- Replies ------------------------------------------------------------------ */
 
+/* Pushes the value a frame's body holds (raises on malformed input). */
+static void push_body(lua_State *L, const ember_frame_t *frame,
+                      const ember_wire_limits_t *limits) {
+  ember__lua_wire_decode(L, frame->body, frame->header.body_len,
+                         frame->payloads, frame->header.tensor_count, limits);
+}
+
 static void push_reply(lua_State *L, void *data) {
-  ember_reply_t *reply = data;
-  ember__lua_wire_decode(L, reply->frame.body, reply->frame.header.body_len,
-                         reply->frame.payloads, reply->frame.header.tensor_count,
-                         &reply_limits);
+  push_body(L, &((ember_reply_t *)data)->frame, &reply_limits);
 }
 
 /* A reply whose decoding has effects (RRefs) is decoded once; others, on
@@ -67,9 +71,7 @@ static int frame_gc(lua_State *L) {
 /* Protected: decodes [fn, args] from the frame at index 1. */
 static int decode_request(lua_State *L) {
   ember_frame_t *frame = lua_touserdata(L, 1);
-  const ember_wire_limits_t *limits = lua_touserdata(L, 2);
-  ember__lua_wire_decode(L, frame->body, frame->header.body_len,
-                         frame->payloads, frame->header.tensor_count, limits);
+  push_body(L, frame, lua_touserdata(L, 2));
   if (lua_type(L, -1) != LUA_TTABLE)
     return luaL_error(L, "malformed request: the body is not [fn, args]");
   lua_rawgeti(L, -1, 1);
@@ -198,10 +200,7 @@ static int decode_reply_now(lua_State *L) {
 
 /* Protected: decodes the frame at 1 (a Frame userdata) and drops the value. */
 static int decode_and_drop(lua_State *L) {
-  ember_frame_t *frame = lua_touserdata(L, 1);
-  ember__lua_wire_decode(L, frame->body, frame->header.body_len,
-                         frame->payloads, frame->header.tensor_count,
-                         &reply_limits);
+  push_body(L, lua_touserdata(L, 1), &reply_limits);
   return 0;
 }
 

@@ -280,17 +280,22 @@ end
 
 local unpack = table.unpack
 
-local function run_function(fn, args)
-  if type(fn) == "string" then fn = function_load(fn) end
-  local result = fn(unpack(args, 1, args.n or #args))
+-- What fn gave: for an async_execution function, the value of the future it
+-- returned (`what` names it in the error when it returned something else).
+local function settle_result(fn, result, what)
   if async_functions[fn] then
     if not futures.is_future(result) then
-      error(("an async_execution function must return a future, got %s"):format(
-        type(result)), 0)
+      error(("%s must return a future, got %s"):format(what, type(result)), 0)
     end
     result = result:wait()
   end
   return result
+end
+
+local function run_function(fn, args)
+  if type(fn) == "string" then fn = function_load(fn) end
+  return settle_result(fn, fn(unpack(args, 1, args.n or #args)),
+    "an async_execution function")
 end
 
 -- Encodes and sends a message to worker `dest` with f(...): RRefs in it
@@ -625,14 +630,11 @@ function rpc.init_rpc(name, opts)
   end
 end
 
--- "HOST:PORT" or "[IPv6]:PORT" -> host, port; nil when malformed.
+-- "HOST:PORT" or "[IPv6]:PORT" -> host, port; nil when malformed. The
+-- launcher reads --master the same way.
 local function parse_address(text)
   if type(text) ~= "string" then return nil end
-  local host, port = text:match("^%[([^%]]+)%]:(%d+)$")
-  if host == nil then host, port = text:match("^([^:%[%]]+):(%d+)$") end
-  port = math.tointeger(tonumber(port))
-  if host == nil or port == nil or port < 1 or port > 65535 then return nil end
-  return host, port
+  return require("ember.launch").parse_address(text)
 end
 
 local DEFAULT_JOIN_TIMEOUT = 10
@@ -968,13 +970,14 @@ rpc._internal = {
   send_to = send_to,
   hooks = hooks,
   state = function() return state end,
+  check_state = function(fname) return check_state(fname) end,
   peer_id = function(s, to, fname) return peer_id(s, to, fname) end,
   call_options = function(s, opts, fname) return call_options(s, opts, fname) end,
   function_arg = function(fn, fname) return function_arg(fn, fname) end,
   run_function = run_function,
   to_remote_error = to_remote_error,
   remote_error = remote_error,
-  is_async_execution = function(fn) return async_functions[fn] == true end,
+  settle_result = settle_result,
   fail = fail,
 }
 

@@ -23,17 +23,17 @@ local RRef = {}
 RRef.__index = RRef
 RRef.__name = "ember.RRef"
 
-local function state_or_fail(fname)
-  local s = I.state()
-  if s == nil then
-    I.fail("EINVAL", "%s: RPC is not initialised (call rpc.init_rpc first)",
-      fname)
-  end
-  return s
+local state_or_fail = I.check_state
+
+-- Ids are (creating worker << 40) | serial (core/rref.h).
+local SERIAL_BITS = 40
+
+local function creator_of(id)
+  return id >> SERIAL_BITS
 end
 
 local function id_text(id)
-  return ("%d:%d"):format(id >> 40, id & 0xffffffffff)
+  return ("%d:%d"):format(creator_of(id), id & ((1 << SERIAL_BITS) - 1))
 end
 
 local function worker_name(s, id)
@@ -41,7 +41,7 @@ local function worker_name(s, id)
   return info and info.name or ("worker " .. tostring(id))
 end
 
--- A completed future whose failure nobody may ever read: no warning for it.
+-- A future whose failure nobody may ever read: no warning when it is dropped.
 local function quiet(future)
   future:add_done_callback(function() end)
   return future
@@ -171,7 +171,7 @@ local CREATION_WAIT = 10
 -- same connection: if there is no value, there will be none.
 local function value_of(id, from)
   local rec = owned[id]
-  if rec == nil and from ~= id >> 40 then rec = new_record(id) end
+  if rec == nil and from ~= creator_of(id) then rec = new_record(id) end
   if rec ~= nil and not rec.started and not rec.future:done() then
     futures.wait_any({ rec.future }, { timeout = CREATION_WAIT })
   end
@@ -190,7 +190,7 @@ end
 local CREATE = rpc._builtin("rref_create", function(id, fn, args)
   local s = I.state()
   local rec = owned[id] or new_record(id)
-  s.agent:rref_add_fork(id, id, id >> 40)
+  s.agent:rref_add_fork(id, id, creator_of(id))
   kept[id] = rec
   if not rec.started then start_value(rec, fn, args) end
   return true
@@ -211,15 +211,8 @@ local function call_method(value, method, args)
     error(("the RRef's value (a %s) has no method '%s'"):format(type(value),
       method), 0)
   end
-  local result = fn(value, unpack(args, 1, args.n or #args))
-  if I.is_async_execution(fn) then
-    if not futures.is_future(result) then
-      error(("async_execution method '%s' must return a future, got %s")
-        :format(method, type(result)), 0)
-    end
-    result = result:wait()
-  end
-  return result
+  return I.settle_result(fn, fn(value, unpack(args, 1, args.n or #args)),
+    ("async_execution method '%s'"):format(method))
 end
 
 local CALL = rpc._builtin("rref_call", function(id, from, method, args)
@@ -416,7 +409,6 @@ table.insert(I.hooks.after_barrier, function(s, opts)
   local timeout = opts.timeout or SETTLE_TIMEOUT
   settle(s, timeout)
   local held = s.agent:rref_held()
-  s.rref_leaks = #held
   if #held > 0 and not opts.ignore_rref_leak then report_leaks(s, held) end
   s.agent:rref_release_all()
   if not settle(s, timeout) then
