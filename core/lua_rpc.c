@@ -288,13 +288,15 @@ static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
 /*
 ** core.agent_new{name=, id=, secret=, on_request=fn, on_peer_lost=fn,
 ** on_unknown_peer=fn(id, name), on_rref_released=fn(rref id),
-** max_body=, max_tensors=, max_tensor_bytes=, max_message_bytes=}
+** busy_poll_us=, max_body=, max_tensors=, max_tensor_bytes=,
+** max_message_bytes=}
 */
 static int agent_new(lua_State *L) {
   ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
   ember_transport_opts_t opts;
   ember_agent_callbacks_t callbacks;
   agent_box_t *box;
+  lua_Integer busy_poll_us;
   int err;
 
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -312,6 +314,12 @@ static int agent_new(lua_State *L) {
   opts.id = (int)luaL_checkinteger(L, -1);
   lua_getfield(L, 1, "secret");
   opts.secret = lua_tostring(L, -1);
+  lua_getfield(L, 1, "busy_poll_us");
+  busy_poll_us = luaL_optinteger(L, -1, 0);
+  if (busy_poll_us < 0 || busy_poll_us > 1000000)
+    return luaL_error(L, "agent option 'busy_poll_us' must be an integer "
+                         "from 0 to 1000000");
+  opts.busy_poll_us = (unsigned)busy_poll_us;
   read_limits(L, 1, &opts.limits);
   box->limits = opts.limits;
   reply_limits = opts.limits;

@@ -69,6 +69,9 @@ typedef struct {
   int id;              /* this worker's id (rank) */
   const char *secret;  /* NULL or "" for none */
   ember_wire_limits_t limits;
+  /* Microseconds the loop keeps polling after a read or write instead of
+  ** sleeping (0: never); see note_io in transport.c. */
+  unsigned busy_poll_us;
 } ember_transport_opts_t;
 
 /* A new transport (not listening yet). The caller owns it: free it with

@@ -276,6 +276,98 @@ function rpc.functions.is_async_execution(fn)
   return async_functions[fn] == true
 end
 
+-- --- Batching ---------------------------------------------------------------------
+
+local function check_batch_options(opts)
+  if type(opts) ~= "table" then
+    error("rpc.batched: options must be a table {max_size=, max_delay=}, got "
+      .. type(opts), 3)
+  end
+  local size, delay = opts.max_size, opts.max_delay
+  if size == nil and delay == nil then
+    error("rpc.batched: give max_size (calls per batch), max_delay " ..
+      "(seconds a call may wait), or both", 3)
+  end
+  if size ~= nil and (math.type(size) ~= "integer" or size < 1) then
+    error("rpc.batched: max_size must be an integer >= 1, got " ..
+      tostring(size), 3)
+  end
+  if delay ~= nil and (type(delay) ~= "number" or delay ~= delay or delay < 0
+      or delay == math.huge) then
+    error("rpc.batched: max_delay must be a finite number of seconds >= 0, " ..
+      "got " .. tostring(delay), 3)
+  end
+  return size or math.huge, delay
+end
+
+-- Keeps the traceback of an error raised by a batch function.
+local function with_traceback(err)
+  if type(err) == "string" then return debug.traceback(err, 2) end
+  return err
+end
+
+-- Runs fn on the gathered calls and hands each caller its own result.
+local function run_batch(fn, batch)
+  local calls, waiting = batch.calls, batch.futures
+  local ok, results = xpcall(fn, with_traceback, calls)
+  if ok and futures.is_future(results) then
+    ok, results = xpcall(results.wait, with_traceback, results)
+  end
+  if ok and type(results) ~= "table" then
+    ok, results = false, ("rpc.batched: the batch function must return a " ..
+      "list of results, one per call; it returned a %s"):format(type(results))
+  end
+  if ok and (results.n or #results) ~= #calls then
+    ok, results = false, ("rpc.batched: the batch function returned %d " ..
+      "results for %d calls"):format(results.n or #results, #calls)
+  end
+  for i, f in ipairs(waiting) do
+    if ok then f:set_result(results[i]) else f:set_exception(results) end
+  end
+end
+
+-- rpc.batched(fn, {max_size=, max_delay=}): an async_execution function that
+-- gathers the calls made to it until it has max_size of them, or max_delay
+-- seconds have passed since the first, then runs fn once on the list of
+-- their argument tuples (each a table.pack of one call's arguments, in
+-- arrival order). fn returns the list of results (or a future of it), one
+-- per call, and each caller gets its own; if fn fails, every call of the
+-- batch fails with its error.
+function rpc.batched(fn, opts)
+  if type(fn) ~= "function" then
+    error("rpc.batched: expected a function, got " .. type(fn), 2)
+  end
+  local max_size, max_delay = check_batch_options(opts)
+  local current
+
+  local function flush(batch)
+    if current ~= batch then return end
+    current = nil
+    if batch.timer ~= nil and not batch.timer:done() then
+      batch.timer:set_result(nil)   -- cancels the timer
+    end
+    core.spawn(run_batch, fn, batch)
+  end
+
+  local function gather(...)
+    local batch = current
+    if batch == nil then
+      batch = { calls = {}, futures = {} }
+      current = batch
+      if max_delay ~= nil and max_size > 1 then
+        batch.timer = core.timer(max_delay)
+        batch.timer:add_done_callback(function() flush(batch) end)
+      end
+    end
+    local result = core.Future()
+    batch.calls[#batch.calls + 1] = table.pack(...)
+    batch.futures[#batch.futures + 1] = result
+    if #batch.calls >= max_size then flush(batch) end
+    return result
+  end
+  return rpc.functions.async_execution(gather)
+end
+
 -- --- Serving requests ------------------------------------------------------------
 
 local unpack = table.unpack
@@ -363,6 +455,11 @@ end
 
 -- --- Rendezvous ------------------------------------------------------------------
 
+-- Microseconds a worker keeps polling its sockets after a message instead of
+-- sleeping: a round trip then costs ~20 us instead of two wake-ups (~100 us
+-- on a virtual machine), for a little CPU time while messages flow.
+local DEFAULT_BUSY_POLL_US = 100
+
 local function env_number(...)
   for i = 1, select("#", ...) do
     local v = os.getenv((select(i, ...)))
@@ -428,6 +525,13 @@ local function read_options(name, opts)
     max_tensor_bytes = opts.max_tensor_bytes,
     max_message_bytes = opts.max_message_bytes,
   }
+  o.busy_poll_us = opts.busy_poll_us or env_number("EMBER_BUSY_POLL_US")
+    or DEFAULT_BUSY_POLL_US
+  if math.type(o.busy_poll_us) ~= "integer" or o.busy_poll_us < 0
+      or o.busy_poll_us > 1000000 then
+    error("init_rpc: busy_poll_us (or EMBER_BUSY_POLL_US) must be an " ..
+      "integer from 0 to 1000000, got " .. tostring(o.busy_poll_us), 3)
+  end
   return o
 end
 
@@ -582,6 +686,7 @@ local function new_agent(name, id, o)
     name = name, id = id, secret = o.secret,
     on_request = on_request, on_peer_lost = on_peer_lost,
     on_unknown_peer = on_unknown_peer, on_rref_released = on_rref_released,
+    busy_poll_us = o.busy_poll_us,
     max_body = limits.max_body, max_tensors = limits.max_tensors,
     max_tensor_bytes = limits.max_tensor_bytes,
     max_message_bytes = limits.max_message_bytes,
@@ -589,8 +694,8 @@ local function new_agent(name, id, o)
 end
 
 -- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
--- timeout=, secret=, on_peer_lost=}): joins the world; returns when every
--- worker has joined.
+-- timeout=, secret=, on_peer_lost=, busy_poll_us=}): joins the world;
+-- returns when every worker has joined.
 function rpc.init_rpc(name, opts)
   if state ~= nil then
     error(("init_rpc: already initialised as '%s'"):format(state.name), 2)
