@@ -60,7 +60,7 @@ end
 -- first use: ember.rpc is require "ember.rpc".
 local lazy = { rpc = "ember.rpc", tensor = "ember.tensor", nn = "ember.nn",
   optim = "ember.optim", distributions = "ember.distributions",
-  envs = "ember.envs" }
+  envs = "ember.envs", options = "ember.options" }
 
 return setmetatable(ember, {
   __index = function(t, key)
