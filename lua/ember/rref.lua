@@ -402,9 +402,29 @@ local function report_leaks(s, held)
   io.stderr:flush()
 end
 
+-- A value that keeps its own RRef (an agent holding rpc.RRef(self), as in
+-- the tutorials) is never collected: the future that holds it is a root.
+-- Past the first barrier no worker may use owned values any more, so they are
+-- dropped, and what they referred to (the agent's RRefs to its observers)
+-- goes with them rather than counting as a leak.
+local function forget_values(s)
+  local gone
+  for _, rec in pairs(owned) do
+    if rec.future:done() then
+      if gone == nil then
+        gone = quiet(core.Future())
+        gone:set_exception(I.remote_error(("the values of worker '%s' are " ..
+          "gone: it is shutting down"):format(s.name), ""))
+      end
+      rec.future = gone
+    end
+  end
+end
+
 -- After it: whatever is still held is a leak; report it, then delete it all
 -- so the owners end with nothing referenced (the second barrier follows).
 table.insert(I.hooks.after_barrier, function(s, opts)
+  forget_values(s)
   collect()
   local timeout = opts.timeout or SETTLE_TIMEOUT
   settle(s, timeout)

@@ -238,6 +238,23 @@ local function mode_of(o)
   return o.batch and "batch" or "no-batch"
 end
 
+-- The agent's part. The agent and its observer RRefs live only in here, so
+-- they are released before rpc.shutdown.
+local function train()
+  local start = ember.clock()
+  local agent = Agent.new(WORLD_SIZE, mode_of(opts))
+  for i_episode = 0, opts.num_episode - 1 do
+    local last_reward, running_reward = agent:run_episode(opts.num_steps)
+    if opts.log then
+      print(("Episode %d\tLast reward: %.2f\tAverage reward: %.2f"):format(
+        i_episode, last_reward, running_reward))
+    end
+  end
+  print(("%d episodes of %d steps, %d observers, %s: %.3f s"):format(
+    opts.num_episode, opts.num_steps, WORLD_SIZE - 1, mode_of(opts),
+    ember.clock() - start))
+end
+
 local function run_worker()
   local rank = tonumber(os.getenv("RANK"))
   if rank == nil or WORLD_SIZE < 2 then
@@ -254,18 +271,7 @@ local function run_worker()
   T.manual_seed(opts.seed)
   if rank == 0 then
     rpc.init_rpc(AGENT_NAME)
-    local start = ember.clock()
-    local agent = Agent.new(WORLD_SIZE, mode_of(opts))
-    for i_episode = 0, opts.num_episode - 1 do
-      local last_reward, running_reward = agent:run_episode(opts.num_steps)
-      if opts.log then
-        print(("Episode %d\tLast reward: %.2f\tAverage reward: %.2f"):format(
-          i_episode, last_reward, running_reward))
-      end
-    end
-    print(("%d episodes of %d steps, %d observers, %s: %.3f s"):format(
-      opts.num_episode, opts.num_steps, WORLD_SIZE - 1, mode_of(opts),
-      ember.clock() - start))
+    train()
   else
     rpc.init_rpc(observer_name(rank))
   end
