@@ -14,6 +14,8 @@ function common.emit(name, fields)
       parts[#parts + 1] = ('"%s":%.6g'):format(key, value)
     elseif type(value) == "number" then
       parts[#parts + 1] = ('"%s":%d'):format(key, value)
+    elseif type(value) == "boolean" then
+      parts[#parts + 1] = ('"%s":%s'):format(key, tostring(value))
     else
       parts[#parts + 1] = ('"%s":"%s"'):format(key, tostring(value))
     end
