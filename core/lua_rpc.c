@@ -301,6 +301,7 @@ static int agent_new(lua_State *L) {
 
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
+  memset(&opts, 0, sizeof(opts));
   box = lua_newuserdatauv(L, sizeof(*box), 0); /* index 2 */
   memset(box, 0, sizeof(*box));
   box->request_ref = box->lost_ref = box->unknown_ref = box->released_ref =

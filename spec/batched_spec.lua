@@ -115,11 +115,23 @@ describe("rpc.batched", function()
     assert.same({ 1, 2 }, values({ ok(), ok() }))
   end)
 
+  it("still answers the others when a caller's future was completed meanwhile", function()
+    local batched = rpc.batched(function(calls)
+      return { "a", "b", "c" }
+    end, { max_size = 3 })
+    local a, b = batched(), batched()
+    a:set_result("mine")
+    local c = batched()
+    assert.same({ "mine", "b", "c" }, values({ a, b, c }))
+  end)
+
   it("names a wrong number of results, or no list", function()
     local short = rpc.batched(function() return { 1 } end, { max_size = 2 })
     local a, b = short(), short()
     assert.matches("returned 1 results for 2 calls", error_text(a), 1, true)
     assert.matches("returned 1 results for 2 calls", error_text(b), 1, true)
+    local odd = rpc.batched(function() return { n = 1.5 } end, { max_size = 1 })
+    assert.matches("returned 1.5 results for 1 calls", error_text(odd()), 1, true)
     local scalar = rpc.batched(function() return 7 end, { max_size = 1 })
     assert.matches("must return a list of results, one per call; it " ..
       "returned a number", error_text(scalar()), 1, true)
@@ -133,10 +145,11 @@ describe("rpc.batched", function()
       { { fn, {} }, "give max_size" },
       { { fn, { max_size = 0 } }, "max_size must be an integer >= 1, got 0" },
       { { fn, { max_size = 1.5 } }, "max_size must be an integer >= 1" },
-      { { fn, { max_delay = -1 } }, "max_delay must be a finite number" },
-      { { fn, { max_delay = 0 / 0 } }, "max_delay must be a finite number" },
-      { { fn, { max_delay = math.huge } }, "max_delay must be a finite number" },
-      { { fn, { max_delay = "1" } }, "max_delay must be a finite number" },
+      { { fn, { max_delay = -1 } }, "max_delay must be a number of seconds from 0 to 1e+06, got -1" },
+      { { fn, { max_delay = 0 / 0 } }, "max_delay must be a number of seconds" },
+      { { fn, { max_delay = math.huge } }, "max_delay must be a number of seconds" },
+      { { fn, { max_delay = 1e10 } }, "max_delay must be a number of seconds" },
+      { { fn, { max_delay = "1" } }, "max_delay must be a number of seconds" },
     }
     for _, case in ipairs(cases) do
       local ok, err = pcall(rpc.batched, table.unpack(case[1], 1, 2))

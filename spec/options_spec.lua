@@ -3,6 +3,7 @@ local options = require "ember.options"
 
 local DECLARED = {
   usage = "train.lua [options]",
+  arguments = true,
   about = "Trains something.",
   { "seed", 543, "random seed" },
   { "gamma", 1.0, "discount factor" },
@@ -44,8 +45,19 @@ describe("ember.options", function()
     assert.is_true(assert(parse("--no-batch", "--batch")).batch)
   end)
 
-  it("keeps words that are not options in rest", function()
+  it("keeps words that are not options in rest, all of them after --", function()
     assert.same({ "a", "b" }, assert(parse("a", "--seed", "1", "b")).rest)
+    local opts = assert(parse("--seed", "2", "--", "--seed", "3"))
+    assert.equal(2, opts.seed)
+    assert.same({ "--seed", "3" }, opts.rest)
+    assert.equal(-1, assert(parse("--gamma", "-1")).gamma)
+    assert.equal(-1, assert(parse("--gamma=-1")).gamma)
+  end)
+
+  it("refuses arguments that are not options unless it takes them", function()
+    local opts, message = options.try_parse({ "a" }, { { "seed", 1 } })
+    assert.is_nil(opts)
+    assert.equal("unexpected argument 'a'", message)
   end)
 
   it("names what was wrong", function()
@@ -53,8 +65,11 @@ describe("ember.options", function()
       { { "--bogus" }, "unknown option '%-%-bogus'" },
       { { "--seed", "1.5" }, "%-%-seed needs a whole number, got '1.5'" },
       { { "--seed" }, "%-%-seed needs a value" },
-      { { "--gamma", "x" }, "%-%-gamma needs a number, got 'x'" },
-      { { "--gamma", "nan" }, "%-%-gamma needs a number" },
+      { { "--gamma", "x" }, "%-%-gamma needs a finite number, got 'x'" },
+      { { "--gamma", "nan" }, "%-%-gamma needs a finite number" },
+      { { "--gamma", "1e999" }, "%-%-gamma needs a finite number" },
+      { { "-gamma", "0.5" }, "unknown option '%-gamma'" },
+      { { "--sweep", "--seed", "3" }, "%-%-sweep needs a value" },
       { { "--device", "tpu" }, "%-%-device needs one of cpu, cuda, got 'tpu'" },
       { { "--batch=1" }, "%-%-batch is a switch and takes no value" },
       { { "--no-seed" }, "unknown option '%-%-no%-seed'" },
@@ -64,6 +79,14 @@ describe("ember.options", function()
       assert.is_nil(opts, table.concat(case[1], " "))
       assert.matches(case[2], message)
     end
+  end)
+
+  it("checks choices of numbers too", function()
+    local declared = { { "size", 2, "", choices = { 2, 4 } } }
+    assert.equal(4, assert(options.try_parse({ "--size", "4" }, declared)).size)
+    local opts, message = options.try_parse({ "--size", "3" }, declared)
+    assert.is_nil(opts)
+    assert.equal("option --size needs one of 2, 4, got '3'", message)
   end)
 
   it("answers --help with the help text", function()

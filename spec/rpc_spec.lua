@@ -154,3 +154,39 @@ describe("rpc between processes", function()
     end
   end)
 end)
+
+describe("init_rpc's busy_poll_us", function()
+  local rpc = require "ember.rpc"
+  local EMBER = os.getenv("EMBER_BIN") or "ember"
+
+  it("refuses values that are not whole microseconds from 0 to 1000000", function()
+    for _, bad in ipairs { -1, 1.5, 1000001, "x" } do
+      local ok, err = pcall(rpc.init_rpc, "w0",
+        { rank = 0, world_size = 1, busy_poll_us = bad })
+      assert.is_false(ok)
+      assert.matches("init_rpc: busy_poll_us must be a whole number of " ..
+        "microseconds from 0 to 1000000, got " .. tostring(bad), err, 1, true)
+    end
+    assert.is_false(rpc.is_initialized())
+  end)
+
+  it("reads EMBER_BUSY_POLL_US, and names it when it is wrong", function()
+    local script = "local rpc = require('ember.rpc'); " ..
+      "rpc.init_rpc('w0', {rank = 0, world_size = 1, master_port = " ..
+      world.free_port() .. "}); print('polling ok'); rpc.shutdown()"
+    local function run(value)
+      local pipe = io.popen(("echo %q | EMBER_BUSY_POLL_US=%s timeout 20 %s run - 2>&1"):format(
+        script, value, EMBER))
+      local out = pipe:read("a")
+      local _, _, status = pipe:close()
+      return out, status
+    end
+    local out, status = run("abc")
+    assert.equal(1, status, out)
+    assert.matches("EMBER_BUSY_POLL_US must be a whole number of microseconds " ..
+      "from 0 to 1000000, got abc", out, 1, true)
+    out, status = run("0")
+    assert.equal(0, status, out)
+    assert.matches("polling ok", out, 1, true)
+  end)
+end)

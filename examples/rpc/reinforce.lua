@@ -52,9 +52,6 @@ local function usage_error(message)
   os.exit(2)
 end
 
-if #opts.rest > 0 then
-  usage_error(("unexpected argument '%s'"):format(opts.rest[1]))
-end
 if opts.log_interval < 1 then usage_error("--log-interval must be >= 1") end
 if opts.max_episodes < 1 then usage_error("--max-episodes must be >= 1") end
 

@@ -18,7 +18,8 @@
 -- { "sweep", nil, "world sizes to time", kind = "string" }.
 -- Options are written --name VALUE or --name=VALUE; dashes and underscores
 -- are the same (--log-interval, --log_interval) and the field is
--- opts.log_interval. Arguments that are not options are in opts.rest.
+-- opts.log_interval. Other arguments are an error unless `arguments = true`
+-- is declared; then they are in opts.rest (all of them after "--").
 local options = {}
 
 local KINDS = { integer = true, number = true, string = true, boolean = true }
@@ -95,22 +96,26 @@ local function help_text(declared, ordered)
 end
 
 local function convert(o, text)
+  local value = text
   if o.kind == "integer" then
-    local n = math.tointeger(tonumber(text))
-    if n == nil then return nil, "a whole number" end
-    return n
+    value = math.tointeger(tonumber(text))
+    if value == nil then return nil, "a whole number" end
   elseif o.kind == "number" then
-    local n = tonumber(text)
-    if n == nil or n ~= n then return nil, "a number" end
-    return n
+    value = tonumber(text)
+    if value == nil or value ~= value or value == math.huge
+        or value == -math.huge then
+      return nil, "a finite number"
+    end
   end
   if o.choices then
-    for _, choice in ipairs(o.choices) do
-      if choice == text then return text end
+    local names = {}
+    for i, choice in ipairs(o.choices) do
+      if choice == value then return value end
+      names[i] = tostring(choice)
     end
-    return nil, "one of " .. table.concat(o.choices, ", ")
+    return nil, "one of " .. table.concat(names, ", ")
   end
-  return text
+  return value
 end
 
 -- options.try_parse(argv, declared) -> opts, or nil and the error message,
@@ -127,7 +132,13 @@ function options.try_parse(argv, declared)
     end
     local name, inline = word:match("^%-%-([%w_-]+)=(.*)$")
     name = name or word:match("^%-%-([%w_-]+)$")
-    if name == nil then
+    if word == "--" then
+      -- Everything after "--" is an argument, even if it looks like an option.
+      for j = i + 1, #argv do opts.rest[#opts.rest + 1] = argv[j] end
+      break
+    elseif name == nil and word:match("^%-.") and not tonumber(word) then
+      return nil, ("unknown option '%s'"):format(word)
+    elseif name == nil then
       opts.rest[#opts.rest + 1] = word
     else
       local field = field_of(name)
@@ -150,7 +161,8 @@ function options.try_parse(argv, declared)
           i = i + 1
           text = argv[i]
         end
-        if text == nil then
+        -- "--out --seed 3" forgot the value of --out.
+        if text == nil or (inline == nil and text:match("^%-%-.")) then
           return nil, ("option %s needs a value"):format(flag_of(o.name))
         end
         local value, wanted = convert(o, text)
@@ -162,6 +174,9 @@ function options.try_parse(argv, declared)
       end
     end
     i = i + 1
+  end
+  if #opts.rest > 0 and not declared.arguments then
+    return nil, ("unexpected argument '%s'"):format(opts.rest[1])
   end
   return opts
 end

@@ -278,6 +278,9 @@ end
 
 -- --- Batching ---------------------------------------------------------------------
 
+-- The longest timer the loop takes (core.timer), in seconds.
+local MAX_BATCH_DELAY = 1e6
+
 local function check_batch_options(opts)
   if type(opts) ~= "table" then
     error("rpc.batched: options must be a table {max_size=, max_delay=}, got "
@@ -293,9 +296,9 @@ local function check_batch_options(opts)
       tostring(size), 3)
   end
   if delay ~= nil and (type(delay) ~= "number" or delay ~= delay or delay < 0
-      or delay == math.huge) then
-    error("rpc.batched: max_delay must be a finite number of seconds >= 0, " ..
-      "got " .. tostring(delay), 3)
+      or delay > MAX_BATCH_DELAY) then
+    error(("rpc.batched: max_delay must be a number of seconds from 0 to " ..
+      "%g, got %s"):format(MAX_BATCH_DELAY, tostring(delay)), 3)
   end
   return size or math.huge, delay
 end
@@ -306,23 +309,34 @@ local function with_traceback(err)
   return err
 end
 
--- Runs fn on the gathered calls and hands each caller its own result.
-local function run_batch(fn, batch)
-  local calls, waiting = batch.calls, batch.futures
+-- fn's results for the gathered calls: the list, or nil and the error.
+local function batch_results(fn, calls)
   local ok, results = xpcall(fn, with_traceback, calls)
   if ok and futures.is_future(results) then
     ok, results = xpcall(results.wait, with_traceback, results)
   end
-  if ok and type(results) ~= "table" then
-    ok, results = false, ("rpc.batched: the batch function must return a " ..
-      "list of results, one per call; it returned a %s"):format(type(results))
+  if not ok then return nil, results end
+  if type(results) ~= "table" then
+    return nil, ("rpc.batched: the batch function must return a list of " ..
+      "results, one per call; it returned a %s"):format(type(results))
   end
-  if ok and (results.n or #results) ~= #calls then
-    ok, results = false, ("rpc.batched: the batch function returned %d " ..
-      "results for %d calls"):format(results.n or #results, #calls)
+  local count = results.n or #results
+  if count ~= #calls then
+    return nil, ("rpc.batched: the batch function returned %s results for " ..
+      "%d calls"):format(tostring(count), #calls)
   end
-  for i, f in ipairs(waiting) do
-    if ok then f:set_result(results[i]) else f:set_exception(results) end
+  return results
+end
+
+-- Runs fn on the gathered calls and hands each caller its own result (or
+-- the error); a caller's future completed meanwhile by someone else is left.
+local function run_batch(fn, batch)
+  local ok, results, err = pcall(batch_results, fn, batch.calls)
+  if not ok then results, err = nil, results end
+  for i, f in ipairs(batch.futures) do
+    if not f:done() then
+      if results ~= nil then f:set_result(results[i]) else f:set_exception(err) end
+    end
   end
 end
 
@@ -331,8 +345,10 @@ end
 -- seconds have passed since the first, then runs fn once on the list of
 -- their argument tuples (each a table.pack of one call's arguments, in
 -- arrival order). fn returns the list of results (or a future of it), one
--- per call, and each caller gets its own; if fn fails, every call of the
--- batch fails with its error.
+-- per call, and each caller gets its own (a list that ends in nils says its
+-- length in `n`); if fn fails, every call of the batch fails with its error.
+-- Calls that come while fn runs start the next batch, so a fn that waits on
+-- something may run for two batches at once.
 function rpc.batched(fn, opts)
   if type(fn) ~= "function" then
     error("rpc.batched: expected a function, got " .. type(fn), 2)
@@ -353,11 +369,11 @@ function rpc.batched(fn, opts)
     local batch = current
     if batch == nil then
       batch = { calls = {}, futures = {} }
-      current = batch
       if max_delay ~= nil and max_size > 1 then
         batch.timer = core.timer(max_delay)
         batch.timer:add_done_callback(function() flush(batch) end)
       end
+      current = batch
     end
     local result = core.Future()
     batch.calls[#batch.calls + 1] = table.pack(...)
@@ -481,6 +497,22 @@ local function check_integer(value, what, min)
   return value
 end
 
+-- The busy_poll_us option, or EMBER_BUSY_POLL_US, or the default.
+local function read_busy_poll(opts, fname)
+  local value, text = opts.busy_poll_us, os.getenv("EMBER_BUSY_POLL_US")
+  local what = "busy_poll_us"
+  if value == nil and text ~= nil and text ~= "" then
+    value, what = tonumber(text) or text, "EMBER_BUSY_POLL_US"
+  end
+  if value == nil then return DEFAULT_BUSY_POLL_US end
+  local us = math.tointeger(value)
+  if us == nil or us < 0 or us > 1000000 then
+    error(("%s: %s must be a whole number of microseconds from 0 to " ..
+      "1000000, got %s"):format(fname, what, tostring(value)), 4)
+  end
+  return us
+end
+
 local function read_options(name, opts)
   if type(name) ~= "string" or name == "" then
     error("init_rpc: name must be a non-empty string", 3)
@@ -525,13 +557,7 @@ local function read_options(name, opts)
     max_tensor_bytes = opts.max_tensor_bytes,
     max_message_bytes = opts.max_message_bytes,
   }
-  o.busy_poll_us = opts.busy_poll_us or env_number("EMBER_BUSY_POLL_US")
-    or DEFAULT_BUSY_POLL_US
-  if math.type(o.busy_poll_us) ~= "integer" or o.busy_poll_us < 0
-      or o.busy_poll_us > 1000000 then
-    error("init_rpc: busy_poll_us (or EMBER_BUSY_POLL_US) must be an " ..
-      "integer from 0 to 1000000, got " .. tostring(o.busy_poll_us), 3)
-  end
+  o.busy_poll_us = read_busy_poll(opts, "init_rpc")
   return o
 end
 
@@ -781,6 +807,7 @@ local function read_join_options(address, opts)
     max_tensor_bytes = opts.max_tensor_bytes,
     max_message_bytes = opts.max_message_bytes,
   }
+  o.busy_poll_us = read_busy_poll(opts, "join")
   return o
 end
 

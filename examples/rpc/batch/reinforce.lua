@@ -21,8 +21,15 @@ local optim = ember.optim
 local futures = ember.futures
 local Categorical = ember.distributions.Categorical
 
-local here = (arg and arg[0] or ""):match("^(.*/)") or "examples/rpc/batch/"
+local here = (arg and arg[0] or ""):match("^(.*/)") or "./"
 local Policy = dofile(here .. "../../cartpole_policy.lua")
+
+-- Whether tensors can live on a GPU here: a GPU, and a build that has CUDA
+-- tensors.
+local function cuda_tensors()
+  return ember.cuda.is_available() and
+    pcall(function() return T.zeros(1):to("cuda") end)
+end
 
 local OPTIONS = {
   usage = "ember launch -n N examples/rpc/batch/reinforce.lua [options]\n" ..
@@ -36,7 +43,7 @@ local OPTIONS = {
   { "num-steps", 100, "steps each observer runs per episode" },
   { "gamma", 1.0, "discount factor" },
   { "seed", 543, "random seed" },
-  { "device", ember.cuda.is_available() and "cuda" or "cpu",
+  { "device", cuda_tensors() and "cuda" or "cpu",
     "where the agent's policy runs", choices = { "cpu", "cuda" } },
   { "log", true, "print each episode's rewards" },
   { "sweep", nil, kind = "string",
@@ -147,12 +154,19 @@ function Agent:save_log_probs(log_prob, ob_ids)
   end
 end
 
--- Samples an action for each row of `states`; returns the actions.
+-- `t` on the policy's device (the tutorial's .cuda()).
+local function on_device(t)
+  if opts.device == "cpu" then return t end
+  return t:to(opts.device)
+end
+
+-- Samples an action for each row of `states`; returns the actions, on the
+-- CPU.
 function Agent:act(states, ob_ids)
-  local m = Categorical(self.policy(states))
+  local m = Categorical(self.policy(on_device(states)))
   local actions = m:sample()
   self:save_log_probs(m:log_prob(actions), ob_ids)
-  return actions
+  return actions:cpu()
 end
 
 -- One request, one evaluation of the policy.
@@ -220,7 +234,7 @@ function Agent:run_episode(n_steps)
   for i, key in ipairs(self.log_prob_keys) do
     weights[i] = returns[key[1]][key[2]] / #rets
   end
-  local policy_loss = -(T.cat(self.log_probs) * T.tensor(weights))
+  local policy_loss = -(T.cat(self.log_probs) * on_device(T.tensor(weights)))
   policy_loss:sum():backward()
   self.optimizer:step()
   self.optimizer:zero_grad()
@@ -263,9 +277,9 @@ local function run_worker()
       .. "or time several world sizes with --sweep 2..11\n")
     os.exit(2)
   end
-  if opts.device == "cuda" and not ember.cuda.is_available() then
-    io.stderr:write("--device cuda: no CUDA device here (ember.cuda."
-      .. "is_available() is false); use --device cpu\n")
+  if opts.device == "cuda" and not cuda_tensors() then
+    io.stderr:write("--device cuda: no CUDA device here (no GPU, or an ember "
+      .. "built without CUDA tensors); use --device cpu\n")
     os.exit(2)
   end
   T.manual_seed(opts.seed)
@@ -338,10 +352,14 @@ plot '%s' using ($1-1):2 with linespoints lw 2 pt 7 title 'batch', \
      '' using ($1-1):3 with linespoints lw 2 pt 5 title 'no batch'
 ]]
 
+-- A path inside gnuplot's single quotes, where '' stands for '.
+local function gnuplot_quoted(path) return (path:gsub("'", "''")) end
+
 local function draw_figure(csv, png)
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
-  f:write(PLOT:format(png, opts.num_episode, opts.num_steps, csv))
+  f:write(PLOT:format(gnuplot_quoted(png), opts.num_episode, opts.num_steps,
+    gnuplot_quoted(csv)))
   f:close()
   local pipe = io.popen(("gnuplot %s 2>&1"):format(quote(script)))
   local output = pipe:read("a")
