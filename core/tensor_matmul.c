@@ -32,6 +32,12 @@ static int check_mm_shapes(const ember_tensor_t *a, const ember_tensor_t *b,
   return check_matrix_dtypes(a, b, what);
 }
 
+/* Whether m is the transpose of a contiguous matrix (and not a column). */
+static int is_transposed_matrix(const ember_tensor_t *m) {
+  return m->ndim == 2 && m->shape[1] > 1 && m->strides[0] == 1 &&
+         m->strides[1] == m->shape[0];
+}
+
 /* addmm's backward: bias gets beta * g, a gets alpha * g @ b^T, b gets
 ** alpha * a^T @ g (bias's broadcasting is undone by the engine). */
 static int addmm_backward(ember_node_t *node, const ember_tensor_t *g,
@@ -49,7 +55,15 @@ static int addmm_backward(ember_node_t *node, const ember_tensor_t *g,
     ember_tensor_t *bt = keep(&s, ember_tensor_transpose(b, 0, 1));
     grads_in[ia] = bt != NULL ? ember_tensor_addmm(NULL, g, bt, 0, alpha) : NULL;
   }
-  if (wants(node, ia + 1)) {
+  if (wants(node, ia + 1) && is_transposed_matrix(b)) {
+    /* b is W^T of a contiguous W (nn.Linear): make W's gradient g^T @ a,
+    ** contiguous, and hand back its transpose; a^T @ g would come back
+    ** transposed and cost W a strided copy as large as itself. */
+    ember_tensor_t *gt = keep(&s, ember_tensor_transpose(g, 0, 1));
+    ember_tensor_t *gw =
+        gt != NULL ? keep(&s, ember_tensor_addmm(NULL, gt, a, 0, alpha)) : NULL;
+    grads_in[ia + 1] = gw != NULL ? ember_tensor_transpose(gw, 0, 1) : NULL;
+  } else if (wants(node, ia + 1)) {
     ember_tensor_t *at = keep(&s, ember_tensor_transpose(a, 0, 1));
     grads_in[ia + 1] =
         at != NULL ? ember_tensor_addmm(NULL, at, g, 0, alpha) : NULL;
