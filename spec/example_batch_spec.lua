@@ -1,20 +1,10 @@
 -- examples/rpc/batch/reinforce.lua: the batch-processing CartPole of the
 -- batch RPC tutorial, run small in each mode, learning, and in sweep mode.
-local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+local example = require "spec.support.example"
+local EMBER, sh = example.EMBER, example.sh
 local SCRIPT = "examples/rpc/batch/reinforce.lua"
 
--- Runs a shell command with a time bound; returns its output and status.
-local function sh(command, seconds)
-  local pipe = assert(io.popen(("timeout %d %s 2>&1"):format(seconds, command)))
-  local output = pipe:read("a")
-  local _, _, status = pipe:close()
-  return output, status
-end
-
-local function launch(n, flags, seconds)
-  return sh(("%s launch -n %d %s %s"):format(EMBER, n, SCRIPT, flags),
-    seconds or 120)
-end
+local launch = example.launcher(SCRIPT)
 
 -- The (last reward, average reward) pairs the agent printed, in order.
 local function episodes(output)

@@ -1,20 +1,10 @@
 -- examples/rpc/batch/parameter_server.lua: the batch-updating parameter
 -- server runs its rounds, learns, and refuses a world it does not fit.
-local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+local example = require "spec.support.example"
+local EMBER, sh = example.EMBER, example.sh
 local SCRIPT = "examples/rpc/batch/parameter_server.lua"
 
--- Runs a shell command with a time bound; returns its output and status.
-local function sh(command, seconds)
-  local pipe = assert(io.popen(("timeout %d %s 2>&1"):format(seconds, command)))
-  local output = pipe:read("a")
-  local _, _, status = pipe:close()
-  return output, status
-end
-
-local function launch(n, args, seconds)
-  return sh(("%s launch -n %d %s %s"):format(EMBER, n, SCRIPT, args),
-    seconds or 120)
-end
+local launch = example.launcher(SCRIPT)
 
 -- The losses trainer `name` printed, by iteration.
 local function losses_of(out, name, iters)

@@ -1,20 +1,11 @@
 -- examples/rpc/reinforce.lua: REINFORCE CartPole with an agent and observers
 -- talking through RRefs ("Getting Started", part 1), run as its users would
 -- run it, through `ember launch`. Every command is bounded by `timeout`.
-local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
+local example = require "spec.support.example"
+local EMBER, sh = example.EMBER, example.sh
 local SCRIPT = "examples/rpc/reinforce.lua"
 
--- Runs a shell command with a time bound; returns its output and status.
-local function sh(command, seconds)
-  local pipe = assert(io.popen(("timeout %d %s 2>&1"):format(seconds, command)))
-  local output = pipe:read("a")
-  local _, _, status = pipe:close()
-  return output, status
-end
-
-local function launch(n, args, seconds)
-  return sh(("%s launch -n %d %s %s"):format(EMBER, n, SCRIPT, args), seconds)
-end
+local launch = example.launcher(SCRIPT)
 
 -- The progress lines of `out`: { episode=, last=, average= } in order.
 local function progress(out)

@@ -1,13 +1,6 @@
 -- The bundled examples run to their stated end.
-local EMBER = os.getenv("EMBER_BIN") or "build/bin/ember"
-
--- Runs a shell command with a time bound; returns its output and status.
-local function sh(command, seconds)
-  local pipe = assert(io.popen(("timeout %d %s 2>&1"):format(seconds, command)))
-  local output = pipe:read("a")
-  local _, _, status = pipe:close()
-  return output, status
-end
+local example = require "spec.support.example"
+local EMBER, sh = example.EMBER, example.sh
 
 describe("examples/reinforce_local.lua", function()
   it("solves CartPole with a fixed seed within a cap on episodes", function()
