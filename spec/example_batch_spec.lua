@@ -99,6 +99,10 @@ describe("examples/rpc/batch/reinforce.lua", function()
     assert.is_not.equal(0, status)
     assert.matches("--num-episode needs a whole number, got 'ten'", out, 1, true)
 
+    out, status = launch(2, "--num-steps 0", 30)
+    assert.is_not.equal(0, status)
+    assert.matches("--num-steps needs a whole number >= 1, got '0'", out, 1, true)
+
     out, status = sh(("%s run %s --help"):format(EMBER, SCRIPT), 30)
     assert.equal(0, status, out)
     assert.matches("usage: ember launch %-n N examples/rpc/batch/reinforce.lua", out)

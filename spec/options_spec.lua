@@ -81,6 +81,17 @@ describe("ember.options", function()
     end
   end)
 
+  it("checks the least value of a number", function()
+    local declared = { { "iters", 6, "", min = 1 }, { "lr", 0.1, "", min = 0 } }
+    assert.equal(1, assert(options.try_parse({ "--iters", "1" }, declared)).iters)
+    local opts, message = options.try_parse({ "--iters", "0" }, declared)
+    assert.is_nil(opts)
+    assert.equal("option --iters needs a whole number >= 1, got '0'", message)
+    opts, message = options.try_parse({ "--lr=-0.5" }, declared)
+    assert.is_nil(opts)
+    assert.equal("option --lr needs a number >= 0, got '-0.5'", message)
+  end)
+
   it("checks choices of numbers too", function()
     local declared = { { "size", 2, "", choices = { 2, 4 } } }
     assert.equal(4, assert(options.try_parse({ "--size", "4" }, declared)).size)

@@ -42,18 +42,11 @@ local opts = ember.options.parse(arg, {
     "an RRef to it. Runs\nuntil the running reward passes 475.",
   { "gamma", 0.99, "how much to value future rewards" },
   { "seed", 1, "random seed; observer i's environment gets seed + i" },
-  { "log-interval", 10, "episodes between training status logs" },
-  { "max-episodes", 2000, "give up (exit status 1) after this many episodes" },
+  { "log-interval", 10, "episodes between training status logs", min = 1 },
+  { "max-episodes", 2000, "give up (exit status 1) after this many episodes",
+    min = 1 },
 })
 
-local function usage_error(message)
-  io.stderr:write(("%s\nusage: %s\nrun with --help for the options\n"):format(
-    message, USAGE))
-  os.exit(2)
-end
-
-if opts.log_interval < 1 then usage_error("--log-interval must be >= 1") end
-if opts.max_episodes < 1 then usage_error("--max-episodes must be >= 1") end
 
 local AGENT_NAME = "agent"
 local function observer_name(rank) return "obs" .. rank end

@@ -15,7 +15,8 @@
 -- An option's kind comes from its default: integers take whole numbers,
 -- numbers any number, strings any text, booleans are switches (--batch and
 -- --no-batch). An option without a default says its kind:
--- { "sweep", nil, "world sizes to time", kind = "string" }.
+-- { "sweep", nil, "world sizes to time", kind = "string" }. `choices` lists
+-- the values allowed; `min` is the least value of a number.
 -- Options are written --name VALUE or --name=VALUE; dashes and underscores
 -- are the same (--log-interval, --log_interval) and the field is
 -- opts.log_interval. Other arguments are an error unless `arguments = true`
@@ -56,7 +57,8 @@ local function read_specs(declared)
       error(("options.parse: option '%s' is declared twice"):format(spec[1]), 3)
     end
     by_field[field] = { name = spec[1], field = field, kind = kind,
-      default = spec[2], help = spec[3] or "", choices = spec.choices }
+      default = spec[2], help = spec[3] or "", choices = spec.choices,
+      min = spec.min }
     ordered[#ordered + 1] = by_field[field]
   end
   return by_field, ordered
@@ -106,6 +108,10 @@ local function convert(o, text)
         or value == -math.huge then
       return nil, "a finite number"
     end
+  end
+  if o.min ~= nil and value < o.min then
+    return nil, ("a %s >= %s"):format(o.kind == "integer" and "whole number"
+      or "number", tostring(o.min))
   end
   if o.choices then
     local names = {}
@@ -194,11 +200,6 @@ function options.parse(argv, declared)
     os.exit(2)
   end
   return opts
-end
-
-options.help_text = function(declared)
-  local _, ordered = read_specs(declared)
-  return help_text(declared, ordered)
 end
 
 return options

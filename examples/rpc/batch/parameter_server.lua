@@ -30,9 +30,9 @@ local OPTIONS = {
     "its gradients.",
   { "trainers", nil, kind = "integer",
     "number of trainers; must be the world size - 1 (default: that)" },
-  { "iters", 6, "iterations each trainer runs" },
-  { "batch-size", 20, "images per batch" },
-  { "hidden", 512, "hidden units of the MLP" },
+  { "iters", 6, "iterations each trainer runs", min = 1 },
+  { "batch-size", 20, "images per batch", min = 1 },
+  { "hidden", 512, "hidden units of the MLP", min = 1 },
   { "lr", 0.001, "SGD learning rate" },
   { "momentum", 0.9, "SGD momentum" },
   { "seed", nil, kind = "integer",
@@ -268,9 +268,6 @@ local function main()
     fail(("--trainers %d needs a world of %d workers (the PS and %d " ..
       "trainers), but it has %d: use ember launch -n %d"):format(n_trainers,
         n_trainers + 1, n_trainers, WORLD_SIZE, n_trainers + 1))
-  end
-  if opts.iters < 1 or opts.batch_size < 1 or opts.hidden < 1 then
-    fail("--iters, --batch-size and --hidden must be at least 1")
   end
   if RANK == 0 then
     if opts.seed then T.manual_seed(opts.seed) end
