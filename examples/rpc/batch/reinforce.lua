@@ -323,14 +323,18 @@ local function run_arguments(batch)
     "--device", opts.device }, " ")
 end
 
+-- Runs a shell command; returns whether it succeeded and its output.
+local function run_command(command)
+  local pipe = assert(io.popen(command .. " 2>&1"))
+  local output = pipe:read("a")
+  return pipe:close() == true, output
+end
+
 -- Times one world: `ember launch -n world_size` of this script.
 local function timed_run(ember_bin, script, world_size, batch)
-  local command = ("%s launch -n %d %s %s 2>&1"):format(quote(ember_bin),
-    world_size, quote(script), run_arguments(batch))
   local start = ember.clock()
-  local pipe = assert(io.popen(command))
-  local output = pipe:read("a")
-  local ok = pipe:close()
+  local ok, output = run_command(("%s launch -n %d %s %s"):format(
+    quote(ember_bin), world_size, quote(script), run_arguments(batch)))
   local seconds = ember.clock() - start
   if not ok then
     error(("world size %d (%s) failed:\n%s"):format(world_size,
@@ -363,10 +367,7 @@ local function draw_figure(csv, png)
   f:close()
   -- gnuplot is not ours to check: a sanitizer preloaded into ember (as
   -- scripts/test does) is not passed on to it.
-  local pipe = io.popen(("env -u LD_PRELOAD gnuplot %s 2>&1"):format(
-    quote(script)))
-  local output = pipe:read("a")
-  local ok = pipe:close()
+  local ok, output = run_command("env -u LD_PRELOAD gnuplot " .. quote(script))
   os.remove(script)
   if not ok then
     return nil, "gnuplot failed (is gnuplot installed? scripts/setup " ..
