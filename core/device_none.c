@@ -1,11 +1,6 @@
 /*
-** The device query of a build without CUDA.
+** The CUDA backend of a build without CUDA: there is none.
 */
 #include "device.h"
 
-#include "error.h"
-
-int ember_cuda_device_count(int *count) {
-  *count = 0;
-  return EMBER_ENOCUDA;
-}
+const ember_cuda_backend_t *ember__cuda_backend(void) { return NULL; }

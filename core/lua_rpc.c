@@ -17,8 +17,19 @@
 #define AGENT_METATABLE "ember.Agent"
 #define FRAME_METATABLE "ember.Frame"
 
+/* Where tensors of cuda:n sent to one peer arrive: `call` for requests to
+** it (this worker's device_maps), `reply` for responses to it (the inverse
+** of that peer's map for this worker). -1: the CPU. */
+typedef struct {
+  int8_t call[EMBER_WIRE_MAX_DEVICE + 1];
+  int8_t reply[EMBER_WIRE_MAX_DEVICE + 1];
+  unsigned char has_call, has_reply;
+} peer_device_map_t;
+
 typedef struct {
   ember_agent_t *agent; /* NULL once closed */
+  peer_device_map_t *device_maps; /* by peer id; NULL or map_count long */
+  int map_count;
   ember_lua_ctx_t *ctx;
   int request_ref; /* Lua handler(peer, id, ok, fn_or_error, args) */
   int lost_ref;    /* Lua handler(peer, why) */
@@ -380,6 +391,58 @@ static int agent_add_peer(lua_State *L) {
   return 0;
 }
 
+/* The map for tensors sent to `peer` (as a request, or as a reply), or
+** NULL: they arrive on its CPU. */
+static const int8_t *device_map_for(const agent_box_t *box, int peer,
+                                    int reply) {
+  if (peer < 0 || peer >= box->map_count) return NULL;
+  const peer_device_map_t *m = &box->device_maps[peer];
+  if (reply) return m->has_reply ? m->reply : NULL;
+  return m->has_call ? m->call : NULL;
+}
+
+/* Reads {[from] = to, ...} (0-based device indices) at index i into map. */
+static void read_device_map(lua_State *L, int i, int8_t *map) {
+  for (int d = 0; d <= EMBER_WIRE_MAX_DEVICE; d++) map[d] = -1;
+  luaL_checktype(L, i, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, i) != 0) {
+    int ok_from, ok_to;
+    lua_Integer from = lua_tointegerx(L, -2, &ok_from);
+    lua_Integer to = lua_tointegerx(L, -1, &ok_to);
+    if (!ok_from || !ok_to || from < 0 || from > EMBER_WIRE_MAX_DEVICE ||
+        to < -1 || to > EMBER_WIRE_MAX_DEVICE) {
+      luaL_error(L, "set_device_map: a device map takes device indices from "
+                    "0 to %d", EMBER_WIRE_MAX_DEVICE);
+    }
+    map[from] = (int8_t)to;
+    lua_pop(L, 1);
+  }
+}
+
+/* agent:set_device_map(peer, call_map or nil, reply_map or nil) */
+static int agent_set_device_map(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  lua_Integer peer = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, peer >= 0 && peer < 65536, 2, "peer id out of range");
+  if (peer >= box->map_count) {
+    int count = (int)peer + 1;
+    peer_device_map_t *grown =
+        realloc(box->device_maps, sizeof *grown * (size_t)count);
+    if (grown == NULL) return luaL_error(L, "out of memory");
+    memset(grown + box->map_count, 0,
+           sizeof *grown * (size_t)(count - box->map_count));
+    box->device_maps = grown;
+    box->map_count = count;
+  }
+  peer_device_map_t *m = &box->device_maps[peer];
+  m->has_call = !lua_isnoneornil(L, 3);
+  if (m->has_call) read_device_map(L, 3, m->call);
+  m->has_reply = !lua_isnoneornil(L, 4);
+  if (m->has_reply) read_device_map(L, 4, m->reply);
+  return 0;
+}
+
 /* agent:call(peer, fn, args, timeout_seconds) -> future */
 static int agent_call(lua_State *L) {
   agent_box_t *box = check_agent(L);
@@ -394,6 +457,7 @@ static int agent_call(lua_State *L) {
   msg = ember__lua_push_msg(L);
   if (ember_wire_msg_write(msg, "\x92", 1) != 0) /* [fn, args] */
     return luaL_error(L, "out of memory");
+  msg->device_map = device_map_for(box, peer, 0);
   ember__lua_wire_encode(L, 3, msg, "fn");
   ember__lua_wire_encode(L, 4, msg, "args");
   err = ember_agent_call(box->agent, peer, msg,
@@ -415,6 +479,7 @@ static int agent_respond(lua_State *L) {
 
   lua_settop(L, 5);
   msg = ember__lua_push_msg(L);
+  msg->device_map = device_map_for(box, peer, 1);
   ember__lua_wire_encode(L, 5, msg, failed ? "error" : "result");
   err = ember_agent_respond(box->agent, peer, (uint64_t)id, failed, msg);
   if (err != 0)
@@ -519,6 +584,9 @@ static void close_box(lua_State *L, agent_box_t *box) {
   }
   box->request_ref = box->lost_ref = box->unknown_ref = box->released_ref =
       LUA_NOREF;
+  free(box->device_maps);
+  box->device_maps = NULL;
+  box->map_count = 0;
 }
 
 static int agent_close(lua_State *L) {
@@ -537,6 +605,7 @@ static const luaL_Reg agent_methods[] = {
     {"call", agent_call},       {"respond", agent_respond},
     {"drained", agent_drained}, {"flushed", agent_flushed},
     {"goodbye", agent_goodbye}, {"stats", agent_stats},
+    {"set_device_map", agent_set_device_map},
     {"close", agent_close},     {NULL, NULL}};
 
 static const luaL_Reg agent_metamethods[] = {{"__gc", agent_close},

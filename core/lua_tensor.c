@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "device.h"
+#include "error.h"
 #include "lua_common.h"
 #include "tensor.h"
 
@@ -159,34 +161,60 @@ static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
   else if (!lua_isinteger(L, i) && !ember_dtype_is_float(dtype)) {
     dtype = EMBER_FLOAT32;
   }
-  t = anchor(L, ember_tensor_new(NULL, 0, dtype, NULL));
+  const ember_device_t *device = like != NULL ? like->storage->device
+                                              : &ember_cpu_device;
+  t = anchor(L, ember_tensor_new(NULL, 0, dtype, device));
   if (dtype == EMBER_INT64 && lua_isinteger(L, i)) {
-    *(int64_t *)ember_tensor_data(t) = lua_tointeger(L, i); /* exact */
+    int64_t exact = lua_tointeger(L, i);
+    check_rc(L, device->from_host(device, ember_tensor_data(t), &exact,
+                                  sizeof exact));
   } else {
-    ember_tensor_set(t, 0, lua_isboolean(L, i) ? lua_toboolean(L, i)
-                                                : lua_tonumber(L, i));
+    check_rc(L, ember_tensor_set(t, 0, lua_isboolean(L, i)
+                                           ? lua_toboolean(L, i)
+                                           : lua_tonumber(L, i)));
   }
   return t;
 }
 
+/* The device named at index i ("cpu", "cuda", "cuda:1"); the CPU when it
+** is none or nil. */
+static const ember_device_t *opt_device(lua_State *L, int i) {
+  if (lua_isnoneornil(L, i)) return &ember_cpu_device;
+  const ember_device_t *device;
+  if (ember_device_from_name(luaL_checkstring(L, i), &device) < 0) {
+    luaL_error(L, "%s", ember_tensor_error());
+  }
+  return device;
+}
+
+/* t itself when the CPU can read it, else a host copy anchored on the
+** stack (one copy, which waits for the device's queued work). */
+static const ember_tensor_t *readable(lua_State *L, ember_tensor_t *t) {
+  if (t->storage->device->is_host) return t;
+  return anchor(L, ember_tensor_to_device(t, &ember_cpu_device, t->dtype, 0));
+}
+
 /* ---- Creation ------------------------------------------------------------------ */
 
-/* full(shape, value, dtype) */
+/* full(shape, value, dtype, device) */
 static int t_full(lua_State *L) {
   int64_t shape[EMBER_MAX_DIMS];
   int n = check_shape_table(L, 1, shape);
   double value = luaL_optnumber(L, 2, 0);
-  push_tensor(L, ember_tensor_full(shape, n, opt_dtype(L, 3, EMBER_FLOAT32),
-                                   value));
+  ember_dtype_t dtype = opt_dtype(L, 3, EMBER_FLOAT32);
+  const ember_device_t *device = opt_device(L, 4);
+  ember_tensor_t *t = ember_tensor_new(shape, n, dtype, device);
+  push_tensor(L, t);
+  if (value != 0) check_rc(L, device->fill(t, value));
   return 1;
 }
 
-/* rand(shape, dtype) / randn(shape, dtype) */
+/* rand(shape, dtype, device) / randn(shape, dtype, device) */
 static int random_tensor(lua_State *L, int normal) {
   int64_t shape[EMBER_MAX_DIMS];
   int n = check_shape_table(L, 1, shape);
   ember_dtype_t dtype = opt_dtype(L, 2, EMBER_FLOAT32);
-  ember_tensor_t *t = ember_tensor_new(shape, n, dtype, NULL);
+  ember_tensor_t *t = ember_tensor_new(shape, n, dtype, opt_device(L, 3));
   push_tensor(L, t);
   check_rc(L, normal ? ember_tensor_normal_(t, 0, 1)
                      : ember_tensor_uniform_(t, 0, 1));
@@ -410,13 +438,13 @@ static int t_item(lua_State *L) {
                          "number, not one of shape %s",
                       ember_shape_string(t->shape, t->ndim, buf, sizeof buf));
   }
-  push_element(L, t, 0);
+  push_element(L, t, 0); /* one element: read straight from its device */
   return 1;
 }
 
 /* Flat list of the elements in row-major order (for printing). */
 static int t_values(lua_State *L) {
-  ember_tensor_t *t = check_tensor(L, 1);
+  const ember_tensor_t *t = readable(L, check_tensor(L, 1));
   int64_t n = ember_tensor_numel(t);
   lua_createtable(L, (int)n, 0);
   for (int64_t i = 0; i < n; i++) {
@@ -441,7 +469,7 @@ static void push_nested(lua_State *L, const ember_tensor_t *t, int dim,
 }
 
 static int t_totable(lua_State *L) {
-  ember_tensor_t *t = check_tensor(L, 1);
+  const ember_tensor_t *t = readable(L, check_tensor(L, 1));
   int64_t flat = 0;
   push_nested(L, t, 0, &flat);
   return 1;
@@ -554,11 +582,97 @@ static int t_detach(lua_State *L) {
   return 1;
 }
 
+/* to(t, dtype, copy, device): device nil keeps t's. */
 static int t_to(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
-  push_tensor(L, ember_tensor_to(t, opt_dtype(L, 2, t->dtype),
-                                 lua_toboolean(L, 3)));
+  const ember_device_t *device = lua_isnoneornil(L, 4) ? NULL
+                                                      : opt_device(L, 4);
+  push_tensor(L, ember_tensor_to_device(t, device, opt_dtype(L, 2, t->dtype),
+                                        lua_toboolean(L, 3)));
   return 1;
+}
+
+/* ---- CUDA devices ------------------------------------------------------------------------ */
+
+static int cuda_count(void) {
+  int count;
+  return ember_cuda_device_count(&count) == 0 ? count : 0;
+}
+
+/* check_device(name) -> the device's own name ("cuda" -> "cuda:0"), or an
+** error saying why it cannot be used. */
+static int t_check_device(lua_State *L) {
+  lua_pushstring(L, opt_device(L, 1)->name);
+  return 1;
+}
+
+static int t_cuda_device_count(lua_State *L) {
+  int count;
+  int rc = ember_cuda_device_count(&count);
+  if (rc < 0 && rc != EMBER_ENOCUDA) check_rc(L, rc);
+  lua_pushinteger(L, count);
+  return 1;
+}
+
+/* Why there is no CUDA device, or nil when there is one. */
+static int t_cuda_unavailable_reason(lua_State *L) {
+  int count;
+  int rc = ember_cuda_device_count(&count);
+  if (rc == EMBER_ENOCUDA) lua_pushstring(L, "this build has no CUDA backend");
+  else if (rc < 0) lua_pushstring(L, ember_tensor_error());
+  else if (count == 0) lua_pushstring(L, "no CUDA device or driver was found");
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int t_cuda_is_simulated(lua_State *L) {
+  lua_pushboolean(L, cuda_count() > 0 && ember_cuda_is_simulated());
+  return 1;
+}
+
+static int check_cuda_index(lua_State *L, int i) {
+  lua_Integer index = luaL_optinteger(L, i, 0);
+  if (ember_cuda_device(index >= 0 && index < EMBER_MAX_CUDA_DEVICES
+                            ? (int)index : EMBER_MAX_CUDA_DEVICES) == NULL) {
+    luaL_error(L, "%s", ember_tensor_error());
+  }
+  return (int)index;
+}
+
+static int t_cuda_device_name(lua_State *L) {
+  char name[256];
+  check_rc(L, ember_cuda_device_name(check_cuda_index(L, 1), name,
+                                     sizeof name));
+  lua_pushstring(L, name);
+  return 1;
+}
+
+static int t_cuda_synchronize(lua_State *L) {
+  const ember_device_t *device = ember_cuda_device(check_cuda_index(L, 1));
+  check_rc(L, device->synchronize(device));
+  return 0;
+}
+
+static int t_cuda_memory_stats(lua_State *L) {
+  ember_memory_stats_t stats;
+  check_rc(L, ember_cuda_memory_stats(check_cuda_index(L, 1), &stats));
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)stats.allocated_bytes);
+  lua_setfield(L, -2, "allocated_bytes");
+  lua_pushinteger(L, (lua_Integer)stats.cached_bytes);
+  lua_setfield(L, -2, "cached_bytes");
+  lua_pushinteger(L, (lua_Integer)stats.peak_bytes);
+  lua_setfield(L, -2, "peak_bytes");
+  lua_pushinteger(L, (lua_Integer)stats.raw_allocs);
+  lua_setfield(L, -2, "raw_allocs");
+  lua_pushinteger(L, (lua_Integer)stats.reuses);
+  lua_setfield(L, -2, "reuses");
+  return 1;
+}
+
+static int t_cuda_empty_cache(lua_State *L) {
+  check_rc(L, ember_cuda_empty_cache());
+  return 0;
 }
 
 /* ---- Math ---------------------------------------------------------------------------------- */
@@ -1137,6 +1251,14 @@ static const luaL_Reg tensor_funcs[] = {
     {"is_grad_enabled", t_is_grad_enabled},
     {"set_methods", t_set_methods}, {"set_num_threads", t_set_num_threads},
     {"get_num_threads", t_get_num_threads}, {"storage_bytes", t_memory},
+    {"check_device", t_check_device},
+    {"cuda_device_count", t_cuda_device_count},
+    {"cuda_unavailable_reason", t_cuda_unavailable_reason},
+    {"cuda_is_simulated", t_cuda_is_simulated},
+    {"cuda_device_name", t_cuda_device_name},
+    {"cuda_synchronize", t_cuda_synchronize},
+    {"cuda_memory_stats", t_cuda_memory_stats},
+    {"cuda_empty_cache", t_cuda_empty_cache},
     {NULL, NULL}};
 
 static const luaL_Reg tensor_meta[] = {

@@ -18,6 +18,7 @@
 
 #include "lua_common.h"
 #include "tensor.h"
+#include "device.h"
 #include "wire.h"
 
 #define WIRE_MAX_DEPTH 64
@@ -303,7 +304,12 @@ static void encode_tensor(encoder_t *e, const ember_lua_tensor_box_t *box) {
   if (ember_wire_msg_add_tensor(e->msg, box->t, &index) < 0) {
     encode_fail(e, "%s", ember_wire_error());
   }
-  size_t len = ember_wire_tensor_ext(box->t, index, ext);
+  const ember_device_t *device = box->t->storage->device;
+  int target = !device->is_host && e->msg->device_map != NULL &&
+                       device->index >= 0 && device->index <= EMBER_WIRE_MAX_DEVICE
+                   ? e->msg->device_map[device->index]
+                   : -1;
+  size_t len = ember_wire_tensor_ext(box->t, index, target, ext);
   PACK(e, msgpack_pack_ext(&e->pk, len, EMBER_EXT_TENSOR));
   PACK(e, msgpack_pack_ext_body(&e->pk, ext, len));
 }
@@ -471,6 +477,25 @@ static void remember_tensor(decoder_t *d, uint32_t index) {
   lua_rawseti(L, d->cache, (lua_Integer)index + 1);
 }
 
+/* A received tensor the sender mapped to cuda:n goes there. */
+static void move_to_device(decoder_t *d, ember_lua_tensor_box_t *box,
+                           int device, size_t start) {
+  const ember_device_t *target = ember_cuda_device(device);
+  if (target == NULL) {
+    decode_fail(d, "wire: a tensor sent to cuda:%d (the sender's device "
+                   "map) at byte %zu: %s", device, start,
+                ember_tensor_error());
+  }
+  ember_tensor_t *moved = ember_tensor_to_device(box->t, target,
+                                                 box->t->dtype, 0);
+  if (moved == NULL) {
+    decode_fail(d, "wire: moving a received tensor to cuda:%d: %s", device,
+                ember_tensor_error());
+  }
+  ember_tensor_release(box->t);
+  box->t = moved;
+}
+
 /* A fresh leaf tensor on the payload's storage (the same one for every
 ** reference to that payload in this body). */
 static void push_tensor_ref(decoder_t *d, const ember_wire_token_t *tok,
@@ -496,6 +521,7 @@ static void push_tensor_ref(decoder_t *d, const ember_wire_token_t *tok,
     decode_fail(d, "wire: tensor payload %u: %s", (unsigned)r.index,
                 ember_wire_error());
   }
+  if (r.device >= 0) move_to_device(d, box, r.device, start);
   box->t->requires_grad = r.requires_grad;
   ember__lua_account_tensor(d->L, box->t);
   remember_tensor(d, r.index);

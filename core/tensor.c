@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "counter_rng.h"
 #include "error.h"
 #include "tensor.h"
 
@@ -99,7 +100,7 @@ static ember_storage_t *storage_new(size_t nbytes,
   ember_storage_t *s = malloc(sizeof *s);
   if (s == NULL) return NULL;
   /* Never a NULL data pointer, even for an empty tensor. */
-  s->data = device->alloc(nbytes > 0 ? nbytes : 1);
+  s->data = device->alloc(device, nbytes > 0 ? nbytes : 1);
   if (s->data == NULL) {
     free(s);
     return NULL;
@@ -109,6 +110,7 @@ static ember_storage_t *storage_new(size_t nbytes,
   s->nbytes = nbytes;
   s->device = device;
   s->reusable_block = 0;
+  s->pinned_by = NULL;
   return s;
 }
 
@@ -206,6 +208,7 @@ static ember_storage_t *storage_new_uninit(size_t nbytes) {
   s->nbytes = nbytes;
   s->device = &ember_cpu_device; /* its free() takes this memory too */
   s->reusable_block = nbytes >= BLOCK_CACHE_MIN;
+  s->pinned_by = NULL;
   return s;
 }
 
@@ -221,7 +224,8 @@ static void storage_release(ember_storage_t *s) {
       free(s);
       return;
     }
-    s->device->free(s->data);
+    if (s->pinned_by != NULL) s->pinned_by->host_free(s->pinned_by, s->data);
+    else s->device->free(s->device, s->data);
     free(s);
   }
 }
@@ -300,6 +304,55 @@ ember_tensor_t *ember_tensor_new(const int64_t *shape, int ndim,
 ember_tensor_t *ember_tensor_empty(const int64_t *shape, int ndim,
                                    ember_dtype_t dtype) {
   return tensor_new(shape, ndim, dtype, NULL, 0);
+}
+
+ember_tensor_t *ember_tensor_staged_on_host(const ember_tensor_t *t) {
+  const ember_device_t *device = t->storage->device;
+  if (device->host_alloc == NULL) {
+    return ember_tensor_to_device(t, &ember_cpu_device, t->dtype, 1);
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *src = ember_tensor_contiguous(t);
+  ember_set_grad_enabled(was);
+  if (src == NULL) return NULL;
+  ember_tensor_t *out = tensor_alloc();
+  size_t nbytes = (size_t)ember_tensor_numel(t) * ember_dtype_size(t->dtype);
+  ember_storage_t *s = out != NULL ? malloc(sizeof *s) : NULL;
+  void *data = s != NULL ? device->host_alloc(device, nbytes > 0 ? nbytes : 1)
+                         : NULL;
+  if (data == NULL) {
+    free(s);
+    free(out);
+    ember_tensor_release(src);
+    ember__tensor_fail(EMBER_ENOMEM, "out of page-locked memory staging %zu "
+                       "bytes from %s", nbytes, device->name);
+    return NULL;
+  }
+  atomic_init(&s->refs, 1);
+  s->version = 0;
+  s->data = data;
+  s->nbytes = nbytes;
+  s->device = &ember_cpu_device;
+  s->reusable_block = 0;
+  s->pinned_by = device;
+  out->storage = s;
+  out->dtype = t->dtype;
+  out->ndim = t->ndim;
+  int64_t stride = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    out->shape[i] = t->shape[i];
+    out->strides[i] = stride;
+    stride *= t->shape[i] > 0 ? t->shape[i] : 1;
+  }
+  int rc = nbytes > 0 ? device->to_host(device, data, ember_tensor_data(src),
+                                        nbytes)
+                      : 0;
+  ember_tensor_release(src);
+  if (rc < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  return out;
 }
 
 ember_tensor_t *ember_tensor_view_of(const ember_tensor_t *t,
@@ -409,19 +462,41 @@ static void *element_address(const ember_tensor_t *t, int64_t flat) {
          flat_to_offset(t, flat) * (int64_t)ember_dtype_size(t->dtype);
 }
 
+/* One element of any device into `value` (8 bytes, enough for every
+** dtype); a device's copy waits for the work queued before it. */
+static const void *element_on_host(const ember_tensor_t *t, int64_t flat,
+                                   void *value) {
+  const ember_device_t *device = t->storage->device;
+  if (device->is_host) return element_address(t, flat);
+  if (device->to_host(device, value, element_address(t, flat),
+                      ember_dtype_size(t->dtype)) < 0) {
+    memset(value, 0, 8);
+  }
+  return value;
+}
+
 double ember_tensor_get(const ember_tensor_t *t, int64_t flat) {
-  return ember__load_double(t->dtype, element_address(t, flat));
+  uint64_t value;
+  return ember__load_double(t->dtype, element_on_host(t, flat, &value));
 }
 
 int64_t ember_tensor_get_int(const ember_tensor_t *t, int64_t flat) {
-  void *p = element_address(t, flat);
-  if (t->dtype == EMBER_INT64) return *(int64_t *)p;
+  uint64_t value;
+  const void *p = element_on_host(t, flat, &value);
+  if (t->dtype == EMBER_INT64) return *(const int64_t *)p;
   return (int64_t)ember__load_double(t->dtype, p);
 }
 
 int ember_tensor_set(ember_tensor_t *t, int64_t flat, double value) {
-  ember__store_double(t->dtype, element_address(t, flat), value);
-  return 0;
+  const ember_device_t *device = t->storage->device;
+  if (device->is_host) {
+    ember__store_double(t->dtype, element_address(t, flat), value);
+    return 0;
+  }
+  uint64_t bytes;
+  ember__store_double(t->dtype, &bytes, value);
+  return device->from_host(device, element_address(t, flat), &bytes,
+                           ember_dtype_size(t->dtype));
 }
 
 /* ---- Creation ------------------------------------------------------------- */
@@ -537,28 +612,62 @@ static int check_random_in_place(ember_tensor_t *t, const char *what) {
   return ember__begin_in_place(t, what);
 }
 
-int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {
-  if (check_random_in_place(t, "uniform_") < 0) return EMBER_EINVAL;
+/* A CPU tensor shaped like t, filled by fill(), copied into t: for devices
+** without a random kernel. */
+static int fill_through_host(ember_tensor_t *t, int normal, double a,
+                             double b);
+
+static int random_fill(ember_tensor_t *t, int normal, double a, double b) {
+  const ember_device_t *device = t->storage->device;
+  if (device->random != NULL) {
+    return device->random(t, normal, a, b, next_u64());
+  }
+  if (!device->is_host) return fill_through_host(t, normal, a, b);
   int64_t n = ember_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) {
-    ember_tensor_set(t, i, lo + (hi - lo) * ember_random_uniform());
+    ember_tensor_set(t, i, normal ? a + b * ember_random_normal()
+                                  : a + (b - a) * ember_random_uniform());
   }
   return 0;
+}
+
+static int fill_through_host(ember_tensor_t *t, int normal, double a,
+                             double b) {
+  ember_tensor_t *host = ember_tensor_new(t->shape, t->ndim, t->dtype,
+                                          &ember_cpu_device);
+  if (host == NULL) return EMBER_ENOMEM;
+  int rc = random_fill(host, normal, a, b);
+  if (rc == 0) rc = ember_tensor_copy_(t, host);
+  ember_tensor_release(host);
+  return rc;
+}
+
+int ember_tensor_uniform_(ember_tensor_t *t, double lo, double hi) {
+  if (check_random_in_place(t, "uniform_") < 0) return EMBER_EINVAL;
+  return random_fill(t, 0, lo, hi);
 }
 
 int ember_tensor_normal_(ember_tensor_t *t, double mean, double std) {
   if (check_random_in_place(t, "normal_") < 0) return EMBER_EINVAL;
+  return random_fill(t, 1, mean, std);
+}
+
+int ember__host_random(ember_tensor_t *t, int normal, double a, double b,
+                       uint64_t seed) {
   int64_t n = ember_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) {
-    ember_tensor_set(t, i, mean + std * ember_random_normal());
+    double v = normal ? a + b * ember_counter_normal(seed, (uint64_t)i)
+                      : a + (b - a) * ember_counter_uniform(seed, (uint64_t)i);
+    ember_tensor_set(t, i, v);
   }
   return 0;
 }
 
-/* One draw from weights w[0..k) (stride apart) whose sum is total. */
+/* One draw from weights w[0..k) (stride apart) whose sum is total, with u
+** uniform in [0, 1). */
 static int64_t draw_index(const ember_tensor_t *w, int64_t row, int64_t k,
-                          const uint8_t *taken, double total) {
-  double target = ember_random_uniform() * total, acc = 0;
+                          const uint8_t *taken, double total, double u) {
+  double target = u * total, acc = 0;
   int64_t last = -1;
   for (int64_t j = 0; j < k; j++) {
     if (taken != NULL && taken[j]) continue;
@@ -571,21 +680,130 @@ static int64_t draw_index(const ember_tensor_t *w, int64_t row, int64_t k,
   return last; /* rounding left target at the very end */
 }
 
-ember_tensor_t *ember_tensor_multinomial(const ember_tensor_t *probs,
-                                         int64_t n, int replacement) {
-  if (probs->ndim != 1 && probs->ndim != 2) {
-    ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must be 1-D "
-                                     "or 2-D, not %d-D", probs->ndim);
-    return NULL;
+int ember__host_multinomial(ember_tensor_t *out, const ember_tensor_t *probs,
+                            uint64_t seed) {
+  int64_t rows = out->shape[0], n = out->shape[1];
+  int64_t k = probs->shape[1];
+  for (int64_t r = 0; r < rows; r++) {
+    double total = 0;
+    for (int64_t j = 0; j < k; j++) total += ember_tensor_get(probs, r * k + j);
+    for (int64_t s = 0; s < n; s++) {
+      double u = ember_counter_uniform(seed, (uint64_t)(r * n + s));
+      ember_tensor_set(out, r * n + s,
+                       (double)draw_index(probs, r, k, NULL, total, u));
+    }
   }
-  int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1;
+  return 0;
+}
+
+static int check_multinomial_args(const ember_tensor_t *probs, int64_t n,
+                                  int replacement) {
+  if (probs->ndim != 1 && probs->ndim != 2) {
+    return ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must "
+                              "be 1-D or 2-D, not %d-D", probs->ndim);
+  }
   int64_t k = probs->shape[probs->ndim - 1];
   if (n < 1 || (!replacement && n > k)) {
-    ember__tensor_fail(EMBER_EINVAL, "multinomial: cannot draw %lld samples "
-                       "from %lld categories%s", (long long)n, (long long)k,
-                       replacement ? "" : " without replacement");
-    return NULL;
+    return ember__tensor_fail(EMBER_EINVAL, "multinomial: cannot draw %lld "
+                              "samples from %lld categories%s", (long long)n,
+                              (long long)k,
+                              replacement ? "" : " without replacement");
   }
+  if (!ember_dtype_is_float(probs->dtype)) {
+    return ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must "
+                              "be a float tensor, not %s",
+                              ember_dtype_name(probs->dtype));
+  }
+  return 0;
+}
+
+/* The rows' smallest weight, smallest sum and the sum of all, computed where
+** the probabilities live and read back in one copy. */
+static int check_weights_on_device(const ember_tensor_t *w2) {
+  ember_tensor_t *parts[3] = {NULL, NULL, NULL};
+  ember_tensor_t *sums = ember_tensor_reduce(EMBER_REDUCE_SUM, w2, 1, 0, NULL);
+  if (sums != NULL) {
+    parts[0] = ember_tensor_reduce(EMBER_REDUCE_MIN, w2, EMBER_ALL_DIMS, 0, NULL);
+    parts[1] = ember_tensor_reduce(EMBER_REDUCE_MIN, sums, EMBER_ALL_DIMS, 0, NULL);
+    parts[2] = ember_tensor_reduce(EMBER_REDUCE_SUM, sums, EMBER_ALL_DIMS, 0, NULL);
+  }
+  ember_tensor_t *all = parts[0] != NULL && parts[1] != NULL && parts[2] != NULL
+                            ? ember_tensor_stack(parts, 3, 0) : NULL;
+  ember_tensor_t *host = all != NULL
+      ? ember_tensor_to_device(all, &ember_cpu_device, EMBER_FLOAT64, 0) : NULL;
+  int rc = host != NULL ? 0 : EMBER_ENOMEM;
+  if (rc == 0) {
+    double lowest = ember_tensor_get(host, 0), row_sum = ember_tensor_get(host, 1);
+    double total = ember_tensor_get(host, 2);
+    if (!(lowest >= 0) || !isfinite(total)) {
+      rc = ember__tensor_fail(EMBER_EINVAL, "multinomial: probabilities must "
+                              "be finite and non-negative");
+    } else if (!(row_sum > 0)) {
+      rc = ember__tensor_fail(EMBER_EINVAL, "multinomial: the probabilities of "
+                              "a row sum to zero");
+    }
+  }
+  ember_tensor_release(host);
+  ember_tensor_release(all);
+  for (int i = 0; i < 3; i++) ember_tensor_release(parts[i]);
+  ember_tensor_release(sums);
+  return rc;
+}
+
+/* Draws on the probabilities' device, with replacement. */
+static ember_tensor_t *multinomial_on_device(const ember_tensor_t *probs,
+                                             int64_t n) {
+  int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1;
+  int64_t k = probs->shape[probs->ndim - 1];
+  int64_t shape2[2] = {rows, k}, out_shape[2] = {rows, n};
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *w2 = ember_tensor_reshape(probs, shape2, 2, 0);
+  ember_set_grad_enabled(was);
+  ember_tensor_t *out = NULL;
+  if (w2 != NULL && check_weights_on_device(w2) == 0) {
+    out = ember_tensor_new(out_shape, 2, EMBER_INT64, probs->storage->device);
+    if (out != NULL &&
+        probs->storage->device->multinomial(out, w2, next_u64()) < 0) {
+      ember_tensor_release(out);
+      out = NULL;
+    }
+  }
+  ember_tensor_release(w2);
+  if (out != NULL && probs->ndim == 1) {
+    ember_tensor_t *flat = ember_tensor_reshape(out, &n, 1, 0);
+    ember_tensor_release(out);
+    out = flat;
+  }
+  return out;
+}
+
+static ember_tensor_t *multinomial_on_host(const ember_tensor_t *probs,
+                                           int64_t n, int replacement);
+
+ember_tensor_t *ember_tensor_multinomial(const ember_tensor_t *probs,
+                                         int64_t n, int replacement) {
+  if (check_multinomial_args(probs, n, replacement) < 0) return NULL;
+  const ember_device_t *device = probs->storage->device;
+  if (device->is_host) return multinomial_on_host(probs, n, replacement);
+  if (device->multinomial != NULL && replacement) {
+    return multinomial_on_device(probs, n);
+  }
+  /* Drawn on the host, handed back on the device. */
+  ember_tensor_t *host = ember_tensor_to_device(probs, &ember_cpu_device,
+                                                probs->dtype, 0);
+  ember_tensor_t *drawn = host != NULL
+      ? multinomial_on_host(host, n, replacement) : NULL;
+  ember_tensor_t *out = drawn != NULL
+      ? ember_tensor_to_device(drawn, device, EMBER_INT64, 0) : NULL;
+  ember_tensor_release(drawn);
+  ember_tensor_release(host);
+  return out;
+}
+
+static ember_tensor_t *multinomial_on_host(const ember_tensor_t *probs,
+                                           int64_t n, int replacement) {
+  int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1;
+  int64_t k = probs->shape[probs->ndim - 1];
   ember_tensor_t *w = ember_tensor_to(probs, EMBER_FLOAT64, 0);
   if (w == NULL) return NULL;
   int64_t shape[2] = {rows, n};
@@ -607,7 +825,8 @@ ember_tensor_t *ember_tensor_multinomial(const ember_tensor_t *probs,
     }
     if (taken != NULL) memset(taken, 0, (size_t)k);
     for (int64_t s = 0; s < n; s++) {
-      int64_t j = total > 0 ? draw_index(w, r, k, taken, total) : -1;
+      int64_t j = total > 0
+          ? draw_index(w, r, k, taken, total, ember_random_uniform()) : -1;
       if (j < 0) {
         ember__tensor_fail(EMBER_EINVAL, "multinomial: the probabilities of "
                            "row %lld sum to zero", (long long)r + 1);
@@ -632,4 +851,18 @@ fail:
   ember_tensor_release(w);
   ember_tensor_release(out);
   return NULL;
+}
+
+/* ---- Devices -------------------------------------------------------------- */
+
+int ember__check_devices(const char *what, const ember_tensor_t *a,
+                         const ember_tensor_t *b) {
+  if (a == NULL || b == NULL ||
+      ember_device_same(a->storage->device, b->storage->device)) {
+    return 0;
+  }
+  return ember__tensor_fail(EMBER_EINVAL, "%s: expected all tensors on one "
+                            "device, found %s and %s", what,
+                            a->storage->device->name,
+                            b->storage->device->name);
 }

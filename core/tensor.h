@@ -60,6 +60,9 @@ typedef struct ember_storage_s {
   const ember_device_t *device;
   /* Huge-page block of round_up(nbytes, 2 MiB) bytes that may be reused. */
   unsigned char reusable_block;
+  /* CPU memory that is page-locked by this device's host_alloc (staging
+  ** for copies), given back through its host_free; else NULL. */
+  const ember_device_t *pinned_by;
 } ember_storage_t;
 
 typedef struct ember_tensor_s {
@@ -108,9 +111,28 @@ typedef enum {
 ** a negative code; they leave messages with ember__tensor_fail().
 */
 struct ember_device_s {
-  const char *name;
-  void *(*alloc)(size_t nbytes); /* zero-filled; NULL when out of memory */
-  void (*free)(void *data);
+  const char *name; /* "cpu", "cuda:0" */
+  const char *type; /* "cpu" or "cuda" */
+  int index;        /* -1 for the CPU */
+  int is_host;      /* the CPU may read and write its memory directly */
+  /* Memory functions take the device itself: one table serves every
+  ** device of a kind (cuda:0, cuda:1), told apart by `index`. */
+  /* Zero-filled; NULL when out of memory. */
+  void *(*alloc)(const ember_device_t *device, size_t nbytes);
+  void (*free)(const ember_device_t *device, void *data);
+  /* Contiguous byte copies between this device's memory and the host's.
+  ** to_host returns once the bytes have arrived (it waits for the work
+  ** queued before it); from_host may return before the copy is done but
+  ** never reads `host` after returning. */
+  int (*to_host)(const ember_device_t *device, void *host, const void *data,
+                 size_t nbytes);
+  int (*from_host)(const ember_device_t *device, void *data,
+                   const void *host, size_t nbytes);
+  /* Waits until every kernel and copy queued on the device has finished. */
+  int (*synchronize)(const ember_device_t *device);
+  /* Page-locked host memory for staging copies; NULL: malloc/free. */
+  void *(*host_alloc)(const ember_device_t *device, size_t nbytes);
+  void (*host_free)(const ember_device_t *device, void *p);
   /* dst and src have one shape; converts between dtypes. */
   int (*copy)(ember_tensor_t *dst, const ember_tensor_t *src);
   int (*fill)(ember_tensor_t *dst, double value);
@@ -145,7 +167,41 @@ struct ember_device_s {
   /* out = cond ? a : b; one shape, a and b share out's dtype. */
   int (*where)(ember_tensor_t *out, const ember_tensor_t *cond,
                const ember_tensor_t *a, const ember_tensor_t *b);
+
+  /* Optional kernels: NULL where the front end's generic path serves. */
+
+  /* Fills t (any layout, float dtype) with uniform values in [a, b)
+  ** (normal = 0) or normal ones of mean a and std b (normal = 1): element
+  ** i in row-major order is ember_counter_uniform/normal(seed, i) of
+  ** counter_rng.h. NULL: the host generator fills it. */
+  int (*random)(ember_tensor_t *t, int normal, double a, double b,
+                uint64_t seed);
+  /* out (rows, n) contiguous int64: n draws with replacement from each row
+  ** of probs (rows, k), a float tensor whose rows the front end has checked
+  ** (finite, non-negative, positive sums). Draw s of row r uses
+  ** ember_counter_uniform(seed, r * n + s). NULL: drawn on the host. */
+  int (*multinomial)(ember_tensor_t *out, const ember_tensor_t *probs,
+                     uint64_t seed);
+  /* out[i] = alpha * a[i] @ b[i] + beta * out[i] for 3-D a (B, m, k),
+  ** b (B, k, n), out (B, m, n), any strides, one float dtype. NULL: the
+  ** front end calls gemm once per matrix. */
+  int (*gemm_batched)(ember_tensor_t *out, const ember_tensor_t *a,
+                      const ember_tensor_t *b, double alpha, double beta);
 };
+
+/* Whether a and b are the same device (type and index). */
+int ember_device_same(const ember_device_t *a, const ember_device_t *b);
+/* EMBER_EINVAL, with a message naming both devices and `what`, unless a and
+** b (either may be NULL) are on one device. */
+int ember__check_devices(const char *what, const ember_tensor_t *a,
+                         const ember_tensor_t *b);
+
+/* The host versions of the optional random kernels, for host-addressable
+** memory (and the simulated device): the same streams a GPU draws. */
+int ember__host_random(ember_tensor_t *t, int normal, double a, double b,
+                       uint64_t seed);
+int ember__host_multinomial(ember_tensor_t *out, const ember_tensor_t *probs,
+                            uint64_t seed);
 
 extern const ember_device_t ember_cpu_device;
 
@@ -220,11 +276,19 @@ ember_tensor_t *ember_tensor_full(const int64_t *shape, int ndim,
 ember_tensor_t *ember_tensor_arange(double start, double end, double step,
                                     ember_dtype_t dtype);
 ember_tensor_t *ember_tensor_eye(int64_t n, ember_dtype_t dtype);
-/* Contiguous copy in another dtype/device (or a new reference to t when
-** nothing changes and `copy` is 0). Differentiable for float dtypes. */
+/* Contiguous copy in another dtype (or a new reference to t when nothing
+** changes and `copy` is 0). Differentiable for float dtypes. */
 ember_tensor_t *ember_tensor_to(const ember_tensor_t *t, ember_dtype_t dtype,
                                 int copy);
+/* The same onto `device` (NULL: t's own): a contiguous copy there, whose
+** backward brings the gradient back to t's device. */
+ember_tensor_t *ember_tensor_to_device(const ember_tensor_t *t,
+                                       const ember_device_t *device,
+                                       ember_dtype_t dtype, int copy);
 ember_tensor_t *ember_tensor_contiguous(const ember_tensor_t *t);
+/* A contiguous CPU copy of t (not recorded), in page-locked memory of t's
+** device where it has some: what a device tensor is sent from. */
+ember_tensor_t *ember_tensor_staged_on_host(const ember_tensor_t *t);
 /* A contiguous copy that autograd does not record (a fresh leaf). */
 ember_tensor_t *ember_tensor_copy_detached(const ember_tensor_t *t);
 /* Element access by flat row-major position (through strides). */

@@ -103,7 +103,7 @@ static void iter_run(iter_t *it, row_fn fn, const void *ctx) {
 
 /* ---- Memory, copy, fill --------------------------------------------------- */
 
-static void *cpu_alloc(size_t nbytes) {
+static void *cpu_alloc(const ember_device_t *device, size_t nbytes) {
   /* 64-byte alignment for AVX-512 loads; calloc semantics (zero-filled). */
   size_t rounded = (nbytes + 63) & ~(size_t)63;
   void *p = aligned_alloc(64, rounded);
@@ -111,7 +111,22 @@ static void *cpu_alloc(size_t nbytes) {
   return p;
 }
 
-static void cpu_free(void *data) { free(data); }
+static void cpu_free(const ember_device_t *device, void *data) { free(data); }
+
+/* The CPU's memory is the host's: staging copies are plain copies. */
+static int cpu_to_host(const ember_device_t *device, void *host,
+                       const void *data, size_t nbytes) {
+  memcpy(host, data, nbytes);
+  return 0;
+}
+
+static int cpu_from_host(const ember_device_t *device, void *data,
+                         const void *host, size_t nbytes) {
+  memcpy(data, host, nbytes);
+  return 0;
+}
+
+static int cpu_synchronize(const ember_device_t *device) { return 0; }
 
 typedef struct {
   ember_dtype_t to, from;
@@ -752,8 +767,24 @@ int ember_cpu_init_threads(void) {
 }
 
 const ember_device_t ember_cpu_device = {
-    "cpu",       cpu_alloc,  cpu_free,   cpu_copy,
-    cpu_fill,    cpu_unary,  cpu_binary, cpu_reduce,
-    cpu_gemm,    cpu_softmax, cpu_softmax_backward,
-    cpu_gather,  cpu_scatter, cpu_where,
+    .name = "cpu",
+    .type = "cpu",
+    .index = -1,
+    .is_host = 1,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_host = cpu_to_host,
+    .from_host = cpu_from_host,
+    .synchronize = cpu_synchronize,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .unary = cpu_unary,
+    .binary = cpu_binary,
+    .reduce = cpu_reduce,
+    .gemm = cpu_gemm,
+    .softmax = cpu_softmax,
+    .softmax_backward = cpu_softmax_backward,
+    .gather = cpu_gather,
+    .scatter = cpu_scatter,
+    .where = cpu_where,
 };

@@ -6,6 +6,10 @@
 */
 #include <math.h>
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "device.h"
 #include "tensor_grad.h"
 
 /* ---- Conversion ------------------------------------------------------------------------- */
@@ -42,6 +46,91 @@ ember_tensor_t *ember_tensor_to(const ember_tensor_t *t, ember_dtype_t dtype,
       ember_tensor_release(out);
       return NULL;
     }
+  }
+  return out;
+}
+
+/* ---- Between devices ------------------------------------------------------------------- */
+
+/* The device with this index: the CPU for -1, else a CUDA device. */
+static const ember_device_t *device_at(int64_t index) {
+  return index < 0 ? &ember_cpu_device : ember_cuda_device((int)index);
+}
+
+static int device_copy_backward(ember_node_t *node, const ember_tensor_t *g,
+                                ember_tensor_t **grads_in) {
+  const ember_device_t *home = device_at(node->ints[0]);
+  grads_in[0] = home != NULL ? ember_tensor_to_device(g, home, g->dtype, 0)
+                             : NULL;
+  return grads_in[0] != NULL ? 0 : EMBER_EFAILED;
+}
+
+static const ember_node_kind_t device_copy_kind = {"ToCopyBackward0",
+                                                   device_copy_backward};
+
+/* Moves the bytes of contiguous src into contiguous dst (same shape and
+** dtype, another device); through a host buffer between two devices. */
+static int move_bytes(ember_tensor_t *dst, const ember_tensor_t *src) {
+  const ember_device_t *from = src->storage->device, *to = dst->storage->device;
+  size_t nbytes = (size_t)ember_tensor_numel(src) * ember_dtype_size(src->dtype);
+  if (nbytes == 0) return 0;
+  if (from->is_host) {
+    return to->from_host(to, ember_tensor_data(dst), ember_tensor_data(src),
+                         nbytes);
+  }
+  if (to->is_host) {
+    return from->to_host(from, ember_tensor_data(dst), ember_tensor_data(src),
+                         nbytes);
+  }
+  void *staging = malloc(nbytes);
+  if (staging == NULL) {
+    return ember__tensor_fail(EMBER_ENOMEM, "out of memory staging %zu bytes "
+                              "from %s to %s", nbytes, from->name, to->name);
+  }
+  int rc = from->to_host(from, staging, ember_tensor_data(src), nbytes);
+  if (rc == 0) rc = to->from_host(to, ember_tensor_data(dst), staging, nbytes);
+  free(staging);
+  return rc;
+}
+
+/* A contiguous copy of t on `device`, in t's dtype, not recorded. */
+static ember_tensor_t *moved_to(const ember_tensor_t *t,
+                                const ember_device_t *device) {
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *src = ember_tensor_contiguous(t);
+  ember_set_grad_enabled(was);
+  if (src == NULL) return NULL;
+  ember_tensor_t *out = ember_tensor_new(t->shape, t->ndim, t->dtype, device);
+  if (out != NULL && move_bytes(out, src) < 0) {
+    ember_tensor_release(out);
+    out = NULL;
+  }
+  ember_tensor_release(src);
+  return out;
+}
+
+ember_tensor_t *ember_tensor_to_device(const ember_tensor_t *t,
+                                       const ember_device_t *device,
+                                       ember_dtype_t dtype, int copy) {
+  if (device == NULL || ember_device_same(device, t->storage->device)) {
+    return ember_tensor_to(t, dtype, copy);
+  }
+  ember_tensor_t *out = moved_to(t, device);
+  if (out != NULL && dtype != t->dtype) {
+    int was = ember_set_grad_enabled(0);
+    ember_tensor_t *converted = ember_tensor_to(out, dtype, 0);
+    ember_set_grad_enabled(was);
+    ember_tensor_release(out);
+    out = converted;
+  }
+  if (out != NULL && ember_dtype_is_float(dtype) &&
+      ember_dtype_is_float(t->dtype) && ember_autograd_needed(&t, 1)) {
+    ember_node_t *node = ember_autograd_record(out, &device_copy_kind, &t, 1);
+    if (node == NULL) {
+      ember_tensor_release(out);
+      return NULL;
+    }
+    node->ints[0] = t->storage->device->index;
   }
   return out;
 }
@@ -107,6 +196,13 @@ int ember__begin_in_place(ember_tensor_t *dst, const char *what) {
 int ember_tensor_copy_(ember_tensor_t *dst, const ember_tensor_t *src) {
   char a[128], b[128];
   if (check_distinct_elements(dst, "copy_") < 0) return EMBER_EINVAL;
+  if (!ember_device_same(src->storage->device, dst->storage->device)) {
+    ember_tensor_t *here = moved_to(src, dst->storage->device);
+    if (here == NULL) return EMBER_ENOMEM;
+    int rc = ember_tensor_copy_(dst, here);
+    ember_tensor_release(here);
+    return rc;
+  }
   ember_tensor_t *apart = apart_from(src, dst);
   if (apart == NULL) return EMBER_ENOMEM;
   ember_tensor_t *v = ember_tensor_expand(apart, dst->shape, dst->ndim);
@@ -216,6 +312,16 @@ int ember_tensor_allclose(const ember_tensor_t *a, const ember_tensor_t *b,
                           double rtol, double atol, int *result) {
   *result = 0;
   if (!ember_tensor_same_shape(a, b)) return 0;
+  if (!a->storage->device->is_host || !b->storage->device->is_host) {
+    ember_tensor_t *ha = ember_tensor_to_device(a, &ember_cpu_device, a->dtype, 0);
+    ember_tensor_t *hb = ember_tensor_to_device(b, &ember_cpu_device, b->dtype, 0);
+    int rc = ha != NULL && hb != NULL
+                 ? ember_tensor_allclose(ha, hb, rtol, atol, result)
+                 : EMBER_ENOMEM;
+    ember_tensor_release(ha);
+    ember_tensor_release(hb);
+    return rc;
+  }
   int64_t n = ember_tensor_numel(a);
   for (int64_t i = 0; i < n; i++) {
     double x = ember_tensor_get(a, i), y = ember_tensor_get(b, i);

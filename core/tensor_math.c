@@ -189,15 +189,15 @@ static ember_tensor_t *binary_raw(ember_binary_op_t op,
   return out;
 }
 
+/* Names for messages, in ember_binary_op_t order. */
+static const char *const binary_op_names[EMBER_BINARY_OP_COUNT] = {
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum",
+    "eq",  "ne",  "lt",  "le",  "gt",  "ge"};
+
 ember_tensor_t *ember_tensor_binary(ember_binary_op_t op,
                                     const ember_tensor_t *a,
                                     const ember_tensor_t *b) {
-  if (a->storage->device != b->storage->device) {
-    ember__tensor_fail(EMBER_EINVAL, "expected both tensors on one device, "
-                                     "found %s and %s",
-                       a->storage->device->name, b->storage->device->name);
-    return NULL;
-  }
+  if (ember__check_devices(binary_op_names[op], a, b) < 0) return NULL;
   ember_dtype_t dtype = compute_dtype(op, a, b);
   if (dtype == EMBER_BOOL) {
     /* On booleans + is logical or and * logical and, as in PyTorch. */
@@ -379,6 +379,18 @@ ember_tensor_t *ember_tensor_unary(ember_unary_op_t op,
 ** (the derivative of prod); exact when some elements are zero, where
 ** prod / x is not. Computed on the CPU through element access. */
 static ember_tensor_t *product_of_others(const ember_tensor_t *x, int dim) {
+  if (!x->storage->device->is_host) {
+    /* Rare enough (prod's backward) to compute on the host. */
+    ember_tensor_t *host = ember_tensor_to_device(x, &ember_cpu_device,
+                                                  x->dtype, 0);
+    ember_tensor_t *r = host != NULL ? product_of_others(host, dim) : NULL;
+    ember_tensor_t *out = r != NULL ? ember_tensor_to_device(
+                                          r, x->storage->device, r->dtype, 0)
+                                    : NULL;
+    ember_tensor_release(r);
+    ember_tensor_release(host);
+    return out;
+  }
   ember_tensor_t *out = ember_tensor_to(x, EMBER_FLOAT64, 1);
   if (out == NULL) return NULL;
   int64_t n = x->shape[dim], inner = 1;

@@ -29,6 +29,7 @@ static int check_mm_shapes(const ember_tensor_t *a, const ember_tensor_t *b,
         ember_shape_string(a->shape, a->ndim, sa, sizeof sa),
         ember_shape_string(b->shape, b->ndim, sb, sizeof sb));
   }
+  if (ember__check_devices(what, a, b) < 0) return EMBER_EINVAL;
   return check_matrix_dtypes(a, b, what);
 }
 
@@ -80,7 +81,10 @@ ember_tensor_t *ember_tensor_addmm(const ember_tensor_t *bias,
                                    const ember_tensor_t *a,
                                    const ember_tensor_t *b, double beta,
                                    double alpha) {
-  if (check_mm_shapes(a, b, bias != NULL ? "addmm" : "mm") < 0) return NULL;
+  if (check_mm_shapes(a, b, bias != NULL ? "addmm" : "mm") < 0 ||
+      ember__check_devices("addmm", bias, a) < 0) {
+    return NULL;
+  }
   int64_t shape[2] = {a->shape[0], b->shape[1]};
   ember_tensor_t *out = ember_tensor_new(shape, 2, a->dtype,
                                          a->storage->device);
@@ -119,8 +123,45 @@ ember_tensor_t *ember_tensor_addmm(const ember_tensor_t *bias,
   return out;
 }
 
-/* Batched product: both sides broadcast over their leading dims, one mm per
-** matrix pair, stacked. Differentiable through the ops it is made of. */
+/* bmm's backward: dA = dC @ B^T, dB = A^T @ dC, batch by batch. */
+static int bmm_backward(ember_node_t *node, const ember_tensor_t *g,
+                        ember_tensor_t **grads_in) {
+  const ember_tensor_t *a = node->saved[0], *b = node->saved[1];
+  ember_tensor_t *bt = ember_tensor_transpose(b, 1, 2);
+  ember_tensor_t *at = ember_tensor_transpose(a, 1, 2);
+  grads_in[0] = bt != NULL ? ember_tensor_matmul(g, bt) : NULL;
+  grads_in[1] = at != NULL ? ember_tensor_matmul(at, g) : NULL;
+  ember_tensor_release(bt);
+  ember_tensor_release(at);
+  return grads_in[0] != NULL && grads_in[1] != NULL ? 0 : EMBER_ENOMEM;
+}
+
+static const ember_node_kind_t bmm_kind = {"BmmBackward0", bmm_backward};
+
+/* (B, m, k) @ (B, k, n) in one call of a device's batched GEMM. */
+static ember_tensor_t *bmm_on_device(const ember_tensor_t *a3,
+                                     const ember_tensor_t *b3) {
+  int64_t shape[3] = {a3->shape[0], a3->shape[1], b3->shape[2]};
+  ember_tensor_t *out = ember_tensor_new(shape, 3, a3->dtype,
+                                         a3->storage->device);
+  if (out == NULL) return NULL;
+  int rc = out->storage->device->gemm_batched(out, a3, b3, 1.0, 0.0);
+  const ember_tensor_t *in[2] = {a3, b3};
+  if (rc == 0 && ember_autograd_needed(in, 2)) {
+    ember_node_t *node = ember_autograd_record(out, &bmm_kind, in, 2);
+    rc = node != NULL ? ember_node_save(node, 0, a3) : EMBER_ENOMEM;
+    if (rc == 0) rc = ember_node_save(node, 1, b3);
+  }
+  if (rc < 0) {
+    ember_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* Batched product: both sides broadcast over their leading dims; one
+** batched GEMM where the device has one, else one mm per matrix pair,
+** stacked. Differentiable through the ops it is made of. */
 static ember_tensor_t *batched_matmul(const ember_tensor_t *a,
                                       const ember_tensor_t *b) {
   char sa[128], sb[128];
@@ -158,6 +199,20 @@ static ember_tensor_t *batched_matmul(const ember_tensor_t *a,
   ember_tensor_t *b3 = keep(&s, ember_tensor_expand(b, eb, nb + 2));
   a3 = a3 != NULL ? keep(&s, ember_tensor_reshape(a3, flat_a, 3, 0)) : NULL;
   b3 = b3 != NULL ? keep(&s, ember_tensor_reshape(b3, flat_b, 3, 0)) : NULL;
+  if (a3 != NULL && b3 != NULL && batch > 0 &&
+      a->storage->device->gemm_batched != NULL &&
+      ember_dtype_is_float(a->dtype) &&
+      check_matrix_dtypes(a, b, "matmul") == 0 &&
+      ember__check_devices("matmul", a, b) == 0) {
+    ember_tensor_t *out3 = bmm_on_device(a3, b3);
+    shape[nb] = ea[nb];
+    shape[nb + 1] = eb[nb + 1];
+    ember_tensor_t *out = out3 != NULL
+        ? ember_tensor_reshape(out3, shape, nb + 2, 0) : NULL;
+    ember_tensor_release(out3);
+    scope_end(&s);
+    return out;
+  }
   ember_tensor_t **parts = calloc((size_t)(batch > 0 ? batch : 1),
                                   sizeof *parts);
   ember_tensor_t *out = NULL;

@@ -459,6 +459,9 @@ static ember_tensor_t *cat_impl(ember_tensor_t *const *list, int n, int dim,
   if (!stacked) shape[dim] = 0;
   for (int k = 0; k < n; k++) {
     const ember_tensor_t *t = list[k];
+    if (ember__check_devices(stacked ? "stack" : "cat", first, t) < 0) {
+      return NULL;
+    }
     int ok = t->ndim == first->ndim;
     for (int i = 0; ok && i < t->ndim; i++) {
       ok = t->shape[i] == first->shape[i] || (!stacked && i == dim);
@@ -530,6 +533,41 @@ static int check_index_tensor(const ember_tensor_t *index, const char *what) {
   return 0;
 }
 
+/*
+** The CPU kernels check each index as they go; a device's cannot report
+** back, so its indices are checked here first: their least and greatest,
+** read back in one copy, against the size of dimension dim (0-based).
+*/
+static int check_device_indices(const ember_tensor_t *index, int64_t size,
+                                int dim, const char *what) {
+  if (index->storage->device->is_host || ember_tensor_numel(index) == 0) {
+    return 0;
+  }
+  int was = ember_set_grad_enabled(0);
+  ember_tensor_t *ends[2] = {
+      ember_tensor_reduce(EMBER_REDUCE_MIN, index, EMBER_ALL_DIMS, 0, NULL),
+      ember_tensor_reduce(EMBER_REDUCE_MAX, index, EMBER_ALL_DIMS, 0, NULL)};
+  ember_tensor_t *both = ends[0] != NULL && ends[1] != NULL
+                             ? ember_tensor_stack(ends, 2, 0) : NULL;
+  ember_tensor_t *host = both != NULL
+      ? ember_tensor_to_device(both, &ember_cpu_device, EMBER_INT64, 0) : NULL;
+  ember_set_grad_enabled(was);
+  int rc = host != NULL ? 0 : EMBER_ENOMEM;
+  for (int i = 0; rc == 0 && i < 2; i++) {
+    int64_t at = ember_tensor_get_int(host, i);
+    if (at < 0 || at >= size) {
+      rc = ember__tensor_fail(EMBER_EINVAL, "%s: index %lld is out of range "
+                              "for dimension %d of size %lld", what,
+                              (long long)at + 1, dim + 1, (long long)size);
+    }
+  }
+  ember_tensor_release(host);
+  ember_tensor_release(both);
+  ember_tensor_release(ends[0]);
+  ember_tensor_release(ends[1]);
+  return rc;
+}
+
 /* gather's backward: zeros with grad added at the gathered positions. */
 static int gather_backward(ember_node_t *node, const ember_tensor_t *grad,
                            ember_tensor_t **grads_in) {
@@ -572,7 +610,9 @@ ember_tensor_t *ember_tensor_gather(const ember_tensor_t *x, int dim,
                                     const ember_tensor_t *index) {
   if (ember_tensor_wrap_dim(&dim, x->ndim, 0) < 0 ||
       check_index_tensor(index, "gather") < 0 ||
-      check_gather_shapes(x, dim, index, "gather") < 0) {
+      ember__check_devices("gather", x, index) < 0 ||
+      check_gather_shapes(x, dim, index, "gather") < 0 ||
+      check_device_indices(index, x->shape[dim], dim, "gather") < 0) {
     return NULL;
   }
   ember_tensor_t *out = ember_tensor_new(index->shape, index->ndim, x->dtype,
@@ -646,7 +686,10 @@ ember_tensor_t *ember_tensor_scatter(const ember_tensor_t *x, int dim,
   char a[128], b[128];
   if (ember_tensor_wrap_dim(&dim, x->ndim, 0) < 0 ||
       check_index_tensor(index, "scatter") < 0 ||
-      check_gather_shapes(x, dim, index, "scatter") < 0) {
+      ember__check_devices("scatter", x, index) < 0 ||
+      ember__check_devices("scatter", x, src) < 0 ||
+      check_gather_shapes(x, dim, index, "scatter") < 0 ||
+      check_device_indices(index, x->shape[dim], dim, "scatter") < 0) {
     return NULL;
   }
   int fits = src->ndim == index->ndim;
@@ -682,28 +725,16 @@ ember_tensor_t *ember_tensor_scatter(const ember_tensor_t *x, int dim,
 }
 
 /* index_select's backward: zeros with each selected slice's gradient added
-** back where it came from. */
+** back where it came from (a scatter-add through the expanded index). */
 static int index_select_backward(ember_node_t *node,
                                  const ember_tensor_t *grad,
                                  ember_tensor_t **grads_in) {
   const ember_edge_t *e = &node->edges[0];
-  const ember_tensor_t *index = node->saved[0];
-  int dim = (int)node->ints[0];
   ember_tensor_t *full = ember_tensor_new(e->shape, e->ndim, grad->dtype,
                                           grad->storage->device);
   if (full == NULL) return EMBER_ENOMEM;
-  int rc = 0;
-  int64_t n = ember_tensor_numel(index);
-  for (int64_t i = 0; rc == 0 && i < n; i++) {
-    ember_tensor_t *to = ember_tensor_select(full, dim,
-                                             ember_tensor_get_int(index, i));
-    ember_tensor_t *from = ember_tensor_select(grad, dim, i);
-    rc = to != NULL && from != NULL
-             ? ember_tensor_binary_(EMBER_OP_ADD, to, from, 1.0)
-             : EMBER_ENOMEM;
-    ember_tensor_release(to);
-    ember_tensor_release(from);
-  }
+  int rc = full->storage->device->scatter(full, (int)node->ints[0],
+                                          node->saved[0], grad, 1);
   if (rc < 0) {
     ember_tensor_release(full);
     return rc;
@@ -715,10 +746,40 @@ static int index_select_backward(ember_node_t *node,
 static const ember_node_kind_t index_select_kind = {"IndexSelectBackward0",
                                                     index_select_backward};
 
+/* The 1-D index as a gather index for out's shape: index[i] at every
+** position whose coordinate along dim is i (a view with zero strides). */
+static ember_tensor_t *expanded_index(const ember_tensor_t *index64,
+                                      const int64_t *shape, int ndim,
+                                      int dim) {
+  int64_t strides[EMBER_MAX_DIMS] = {0};
+  strides[dim] = index64->ndim == 1 ? index64->strides[0] : 0;
+  return ember_tensor_view_of(index64, shape, strides, ndim, index64->offset);
+}
+
+/* Host indices checked one by one, a device's by their extremes. */
+static int check_select_indices(const ember_tensor_t *index, int64_t size,
+                                int dim) {
+  if (!index->storage->device->is_host) {
+    return check_device_indices(index, size, dim, "index_select");
+  }
+  int64_t n = ember_tensor_numel(index);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t at = ember_tensor_get_int(index, i);
+    if (at < 0 || at >= size) {
+      return ember__tensor_fail(EMBER_EINVAL,
+                                "index_select: index %lld is out of range for "
+                                "dimension %d of size %lld",
+                                (long long)at + 1, dim + 1, (long long)size);
+    }
+  }
+  return 0;
+}
+
 ember_tensor_t *ember_tensor_index_select(const ember_tensor_t *x, int dim,
                                           const ember_tensor_t *index) {
   if (ember_tensor_wrap_dim(&dim, x->ndim, 0) < 0 ||
-      check_index_tensor(index, "index_select") < 0) {
+      check_index_tensor(index, "index_select") < 0 ||
+      ember__check_devices("index_select", x, index) < 0) {
     return NULL;
   }
   if (index->ndim > 1) {
@@ -726,40 +787,29 @@ ember_tensor_t *ember_tensor_index_select(const ember_tensor_t *x, int dim,
                                      "%d-D", index->ndim);
     return NULL;
   }
-  int64_t n = ember_tensor_numel(index);
+  if (x->ndim == 0) {
+    ember__tensor_fail(EMBER_EINVAL, "index_select: the tensor needs at least "
+                                     "one dimension");
+    return NULL;
+  }
+  if (check_select_indices(index, x->shape[dim], dim) < 0) return NULL;
   int64_t shape[EMBER_MAX_DIMS];
   memcpy(shape, x->shape, sizeof shape);
-  shape[dim] = n;
-  ember_tensor_t *out = ember_tensor_new(shape, x->ndim, x->dtype,
-                                         x->storage->device);
-  if (out == NULL) return NULL;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t at = ember_tensor_get_int(index, i);
-    if (at < 0 || at >= x->shape[dim]) {
-      ember_tensor_release(out);
-      ember__tensor_fail(EMBER_EINVAL,
-                         "index_select: index %lld is out of range for "
-                         "dimension %d of size %lld",
-                         (long long)at + 1, dim + 1, (long long)x->shape[dim]);
-      return NULL;
-    }
-  }
-  int was = ember_set_grad_enabled(0);
-  int rc = 0;
-  for (int64_t i = 0; rc == 0 && i < n; i++) {
-    ember_tensor_t *from = ember_tensor_select(x, dim,
-                                               ember_tensor_get_int(index, i));
-    ember_tensor_t *to = from != NULL ? ember_tensor_select(out, dim, i) : NULL;
-    rc = to != NULL ? ember_tensor_copy_(to, from) : EMBER_EINVAL;
-    ember_tensor_release(to);
-    ember_tensor_release(from);
-  }
-  ember_set_grad_enabled(was);
+  shape[dim] = ember_tensor_numel(index);
+  ember_tensor_t *index64 = ember_tensor_to(index, EMBER_INT64, 0);
+  ember_tensor_t *spread = index64 != NULL
+      ? expanded_index(index64, shape, x->ndim, dim) : NULL;
+  ember_tensor_release(index64);
+  ember_tensor_t *out = spread != NULL
+      ? ember_tensor_new(shape, x->ndim, x->dtype, x->storage->device) : NULL;
+  int rc = out != NULL ? x->storage->device->gather(out, x, dim, spread)
+                       : EMBER_ENOMEM;
   if (rc == 0 && ember_autograd_needed(&x, 1)) {
     ember_node_t *node = ember_autograd_record(out, &index_select_kind, &x, 1);
-    rc = node != NULL ? ember_node_save(node, 0, index) : EMBER_ENOMEM;
-    if (node != NULL) node->ints[0] = dim;
+    rc = node != NULL ? ember_node_save(node, 0, spread) : EMBER_ENOMEM;
+    if (rc == 0) node->ints[0] = dim;
   }
+  ember_tensor_release(spread);
   if (rc < 0) {
     ember_tensor_release(out);
     return NULL;
@@ -784,6 +834,10 @@ static const ember_node_kind_t where_kind = {"WhereBackward0",
 ember_tensor_t *ember_tensor_where(const ember_tensor_t *cond,
                                    const ember_tensor_t *a,
                                    const ember_tensor_t *b) {
+  if (ember__check_devices("where", a, b) < 0 ||
+      ember__check_devices("where", a, cond) < 0) {
+    return NULL;
+  }
   ember_dtype_t dtype = ember_dtype_promote(a->dtype, b->dtype);
   const ember_tensor_t *in[3] = {cond, a, b};
   ember_tensor_t *v[3] = {0};

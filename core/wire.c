@@ -500,12 +500,14 @@ static int grow_payloads(ember_wire_msg_t *msg) {
 /* The tensor whose storage is sent: t itself (a new reference) when it is a
 ** contiguous CPU tensor, else a contiguous copy. */
 static ember_tensor_t *payload_tensor(ember_tensor_t *t, int *rc) {
-  if (t->storage->device != &ember_cpu_device) {
-    *rc = ember__wire_fail(EMBER_EINVAL,
-                     "a tensor on device '%s' cannot be sent yet; move it to "
-                     "the CPU first",
-                     t->storage->device->name);
-    return NULL;
+  if (!t->storage->device->is_host) {
+    ember_tensor_t *staged = ember_tensor_staged_on_host(t);
+    if (staged == NULL) {
+      *rc = ember__wire_fail(EMBER_ENOMEM, "copying a tensor from %s to send "
+                             "it: %s", t->storage->device->name,
+                             ember_tensor_error());
+    }
+    return staged;
   }
   /* An empty tensor has no bytes to copy, whatever its strides say. */
   if (ember_tensor_numel(t) == 0 || ember_tensor_is_contiguous(t)) {
@@ -545,11 +547,12 @@ int ember_wire_msg_add_tensor(ember_wire_msg_t *msg, ember_tensor_t *t,
 /* ---- Tensor references in a body ----------------------------------------- */
 
 size_t ember_wire_tensor_ext(const ember_tensor_t *t, uint32_t index,
+                             int device,
                              uint8_t out[EMBER_WIRE_TENSOR_EXT_MAX]) {
   out[0] = (uint8_t)t->dtype;
   out[1] = (uint8_t)t->ndim;
   out[2] = t->requires_grad || t->grad_fn != NULL;
-  out[3] = 0;
+  out[3] = device >= 0 && device < 255 ? (uint8_t)(device + 1) : 0;
   put_le(out + 4, index, 4);
   for (int i = 0; i < t->ndim; i++) {
     put_le(out + EMBER_EXT_TENSOR_FIXED + 8 * i, (uint64_t)t->shape[i], 8);
@@ -585,7 +588,14 @@ int ember_wire_parse_tensor_ext(const char *data, uint32_t len,
   }
   ref->dtype = (ember_dtype_t)p[0];
   ref->ndim = p[1];
+  if (p[3] > EMBER_WIRE_MAX_DEVICE + 1) {
+    return ember__wire_fail(EMBER_EINVAL,
+                            "tensor reference for device cuda:%u (at most "
+                            "cuda:%d)", (unsigned)p[3] - 1,
+                            EMBER_WIRE_MAX_DEVICE);
+  }
   ref->requires_grad = p[2] != 0;
+  ref->device = (int)p[3] - 1;
   ref->index = (uint32_t)get_le(p + 4, 4);
   for (int i = 0; i < ref->ndim; i++) {
     ref->shape[i] = (int64_t)get_le(p + EMBER_EXT_TENSOR_FIXED + 8 * i, 8);

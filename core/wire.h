@@ -18,8 +18,10 @@
 **
 ** Values ember puts in a body use msgpack's own types (nil, bool, int,
 ** float64, str, array, map) plus these ext types:
-**   EMBER_EXT_TENSOR    dtype u8 | ndim u8 | requires_grad u8 | pad u8 |
+**   EMBER_EXT_TENSOR    dtype u8 | ndim u8 | requires_grad u8 | device u8 |
 **                       payload index u32 | shape i64 x ndim   (little-endian)
+**                       device: 0 for the CPU, 1 + n for cuda:n (where the
+**                       receiver puts it, from the sender's device map)
 **   EMBER_EXT_FUNCTION  "module:path" (a function reference)
 **   EMBER_EXT_CLASS     a class name; the next value in the stream is the
 **                       instance's packed state. An instance is sent as a
@@ -198,6 +200,10 @@ typedef struct {
   uint32_t payload_count;
   uint32_t payload_cap;
   uint16_t flags; /* EMBER_FLAG_* the frame carrying it gets */
+  /* While a value is encoded: where the receiver puts a tensor of cuda:n,
+  ** device_map[n] (-1: its CPU). NULL: every tensor arrives on the CPU.
+  ** Borrowed; CPU tensors always arrive on the CPU. */
+  const int8_t *device_map;
 } ember_wire_msg_t;
 
 void ember_wire_msg_init(ember_wire_msg_t *msg);
@@ -210,8 +216,9 @@ int ember_wire_msg_write(ember_wire_msg_t *msg, const void *data, size_t len);
 /*
 ** Adds `t` as a payload and sets *index to its position. A CPU tensor that is
 ** contiguous is sent from its own storage (zero-copy; the tensor is kept
-** alive); any other is first copied to a contiguous CPU tensor. The same
-** tensor added twice gets the same index.
+** alive); any other is first copied to a contiguous CPU tensor (a device's
+** into its page-locked staging memory). The same tensor added twice gets
+** the same index.
 */
 int ember_wire_msg_add_tensor(ember_wire_msg_t *msg, ember_tensor_t *t,
                               uint32_t *index);
@@ -219,22 +226,26 @@ int ember_wire_msg_add_tensor(ember_wire_msg_t *msg, ember_tensor_t *t,
 /* --- Tensor references in a body ------------------------------------------ */
 
 #define EMBER_WIRE_TENSOR_EXT_MAX (EMBER_EXT_TENSOR_FIXED + 8 * EMBER_MAX_DIMS)
+/* The highest cuda:n a tensor reference may name (EMBER_MAX_CUDA_DEVICES - 1). */
+#define EMBER_WIRE_MAX_DEVICE 15
 
 /* What an EMBER_EXT_TENSOR says. */
 typedef struct {
   ember_dtype_t dtype;
   int ndim;
   int requires_grad;
+  int device;     /* -1: the CPU; n: cuda:n */
   uint32_t index; /* payload position in the frame */
   int64_t shape[EMBER_MAX_DIMS];
 } ember_wire_tensor_ref_t;
 
 /*
-** Writes the EMBER_EXT_TENSOR body for `t` sent as payload `index` and
-** returns its length. requires_grad is set when t requires grad or is the
+** Writes the EMBER_EXT_TENSOR body for `t` sent as payload `index`, to
+** arrive on `device` (-1: the CPU, n: cuda:n), and returns its length. requires_grad is set when t requires grad or is the
 ** result of recorded ops (the receiver gets a leaf that requires grad).
 */
 size_t ember_wire_tensor_ext(const ember_tensor_t *t, uint32_t index,
+                             int device,
                              uint8_t out[EMBER_WIRE_TENSOR_EXT_MAX]);
 
 /* Reads an EMBER_EXT_TENSOR body; EMBER_EINVAL with a message when its

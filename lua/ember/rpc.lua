@@ -513,6 +513,105 @@ local function read_busy_poll(opts, fname)
   return us
 end
 
+-- ---- Device maps ------------------------------------------------------------
+--
+-- init_rpc{device_maps = {worker1 = {[0] = 1}}}, as TensorPipe's: a tensor on
+-- this worker's cuda:0 sent to worker1 (in a call's arguments) arrives on
+-- worker1's cuda:1; a reply from worker1 to this worker takes the map the
+-- other way round. Every other tensor arrives on the receiver's CPU: CPU
+-- tensors always, CUDA tensors when no map names their device.
+
+local function local_cuda_count()
+  return require("ember.tensor").cuda.device_count()
+end
+
+local function device_map_error(fmt, ...)
+  error("init_rpc: device_maps" .. fmt:format(...), 4)
+end
+
+local function read_device_map(worker, map, have)
+  if type(map) ~= "table" then
+    device_map_error("['%s'] must be a table {[from] = to} of device "
+      .. "indices, got %s", worker, type(map))
+  end
+  local copy, used = {}, {}
+  for from, to in pairs(map) do
+    if math.type(from) ~= "integer" or math.type(to) ~= "integer" or
+        from < 0 or to < 0 or from > 15 or to > 15 then
+      device_map_error("['%s']: %s = %s: device indices are integers from 0 "
+        .. "to 15 (cuda:0 is 0)", worker, tostring(from), tostring(to))
+    end
+    if from >= have then
+      device_map_error("['%s'] maps cuda:%d, but this worker has %d CUDA "
+        .. "device%s", worker, from, have, have == 1 and "" or "s")
+    end
+    if used[to] ~= nil then
+      device_map_error("['%s'] maps both cuda:%d and cuda:%d to cuda:%d; a "
+        .. "map must be one-to-one so that replies can be mapped back", worker,
+        math.min(used[to], from), math.max(used[to], from), to)
+    end
+    used[to] = from
+    copy[from] = to
+  end
+  return copy
+end
+
+local function read_device_maps(maps)
+  if maps == nil then return {} end
+  if type(maps) ~= "table" then
+    error("init_rpc: device_maps must be a table {worker = {[from] = to}}, "
+      .. "got " .. type(maps), 3)
+  end
+  local have, out = local_cuda_count(), {}
+  for worker, map in pairs(maps) do
+    if type(worker) ~= "string" then
+      device_map_error(": keys are worker names, got %s", type(worker))
+    end
+    out[worker] = read_device_map(worker, map, have)
+  end
+  return out
+end
+
+-- What this worker publishes with its address: its CUDA device count and
+-- its maps, which its peers need to map their replies back.
+local function device_record(o)
+  return (core.wire_encode({ count = local_cuda_count(), maps = o.device_maps }))
+end
+
+local function inverse(map)
+  local back = {}
+  for from, to in pairs(map) do back[to] = from end
+  return back
+end
+
+-- Checks this worker's maps against the world and hands the agent, peer by
+-- peer, where tensors go: by this worker's map for calls, by the inverse of
+-- the peer's map for replies.
+local function apply_device_maps(o, s, records)
+  local maps = o.device_maps or {}
+  for worker in pairs(maps) do
+    if s.by_name[worker] == nil then
+      fail("EINVAL", "init_rpc: device_maps names '%s', which is not a "
+        .. "worker of this world", worker)
+    end
+  end
+  for r, record in pairs(records) do
+    local peer = s.workers[r].name
+    local mine = maps[peer]
+    for from, to in pairs(mine or {}) do
+      if to >= record.count then
+        fail("EINVAL", "init_rpc: device_maps['%s'] maps cuda:%d to cuda:%d, "
+          .. "but '%s' has %d CUDA device%s", peer, from, to, peer,
+          record.count, record.count == 1 and "" or "s")
+      end
+    end
+    local theirs = record.maps[s.name]
+    if mine ~= nil or theirs ~= nil then
+      s.agent:set_device_map(r, mine, theirs and inverse(theirs) or nil)
+    end
+  end
+end
+
 local function read_options(name, opts)
   if type(name) ~= "string" or name == "" then
     error("init_rpc: name must be a non-empty string", 3)
@@ -558,6 +657,7 @@ local function read_options(name, opts)
     max_message_bytes = opts.max_message_bytes,
   }
   o.busy_poll_us = read_busy_poll(opts, "init_rpc")
+  o.device_maps = read_device_maps(opts.device_maps)
   return o
 end
 
@@ -624,9 +724,11 @@ end
 local function read_world(o, s, keys)
   local store, agent = s.store, s.agent
   local workers, by_name, addresses = s.workers, s.by_name, s.addresses
+  local records = {}
   for r = 0, o.world_size - 1 do
-    local name, host, port = string.unpack("s4s4I4", store:get(keys[r + 1],
-      o.init_timeout):wait())
+    local name, host, port, devices = string.unpack("s4s4I4s4",
+      store:get(keys[r + 1], o.init_timeout):wait())
+    if r ~= o.rank then records[r] = core.wire_decode(devices) end
     if by_name[name] then
       fail("EINVAL", "init_rpc: ranks %d and %d are both named '%s'",
         by_name[name].id, r, name)
@@ -636,6 +738,7 @@ local function read_world(o, s, keys)
     addresses[r] = { host = host, port = port }
     if r ~= o.rank then agent:add_peer(r, name, host, port) end
   end
+  apply_device_maps(o, s, records)
 end
 
 -- --- Clients: members beyond the world's ranks --------------------------------
@@ -720,8 +823,8 @@ local function new_agent(name, id, o)
 end
 
 -- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
--- timeout=, secret=, on_peer_lost=, busy_poll_us=}): joins the world;
--- returns when every worker has joined.
+-- timeout=, secret=, on_peer_lost=, busy_poll_us=, device_maps=}): joins the
+-- world; returns when every worker has joined.
 function rpc.init_rpc(name, opts)
   if state ~= nil then
     error(("init_rpc: already initialised as '%s'"):format(state.name), 2)
@@ -746,8 +849,8 @@ function rpc.init_rpc(name, opts)
       s.store:set(WORLD_SIZE_KEY, tostring(o.world_size)):wait()
     end
     local port = s.agent:listen(bind, 0)
-    s.store:set(worker_key(o.rank), string.pack("s4s4I4", name, advertised,
-      port)):wait()
+    s.store:set(worker_key(o.rank), string.pack("s4s4I4s4", name, advertised,
+      port, device_record(o))):wait()
     local keys = wait_for_world(o, s.store)
     read_world(o, s, keys)
     serve_early_requests(s)

@@ -1,4 +1,4 @@
--- ember.tensor: dense tensors on the CPU (and, later, CUDA) with autograd.
+-- ember.tensor: dense tensors on the CPU and CUDA devices, with autograd.
 --
 --   local T = require "ember.tensor"
 --   local x = T.randn(2, 3, {requires_grad = true})
@@ -51,12 +51,29 @@ local function apply_options(t, opts)
   return t
 end
 
+-- The device option as a name the core knows ("cpu", "cuda", "cuda:1");
+-- nil stays nil (the CPU, or the tensor's own device for `to`).
 local function check_device(opts, fname)
   local device = opts.device
-  if device ~= nil and device ~= "cpu" then
-    error(("%s: device '%s' is not available in this build (only 'cpu')")
-      :format(fname, tostring(device)), 3)
+  if device == nil then return nil end
+  if math.type(device) == "integer" then device = "cuda:" .. device end
+  if type(device) ~= "string" then
+    error(("%s: device must be a string such as 'cpu' or 'cuda:0', got %s")
+      :format(fname, type(device)), 3)
   end
+  local ok, name = pcall(C.check_device, device)
+  if not ok then error(("%s: %s"):format(fname, name), 3) end
+  return name
+end
+
+-- device(name): the device's own name ("cuda" -> "cuda:0"), or an error
+-- saying why it cannot be used here.
+function T.device(name) return check_device({ device = name }, "device") end
+
+-- A CPU-made tensor moved to the device the options name.
+local function placed(t, device)
+  if device == nil or device == "cpu" then return t end
+  return C.to(t, nil, false, device)
 end
 
 -- ---- Creation --------------------------------------------------------------
@@ -64,8 +81,8 @@ end
 local function filled(fname, value)
   return function(...)
     local shape, opts = shape_and_options(fname, ...)
-    check_device(opts, fname)
-    return apply_options(C.full(shape, value, opts.dtype), opts)
+    local device = check_device(opts, fname)
+    return apply_options(C.full(shape, value, opts.dtype, device), opts)
   end
 end
 
@@ -88,17 +105,17 @@ function T.full(shape, value, opts)
   if type(value) ~= "number" and type(value) ~= "boolean" then
     error("full: value must be a number or boolean, got " .. type(value), 2)
   end
-  check_device(opts, "full")
+  local device = check_device(opts, "full")
   local dtype = opts.dtype or dtype_of_value(value)
   if type(value) == "boolean" then value = value and 1 or 0 end
-  return apply_options(C.full(shape, value, dtype), opts)
+  return apply_options(C.full(shape, value, dtype, device), opts)
 end
 
 local function random(fname, fill)
   return function(...)
     local shape, opts = shape_and_options(fname, ...)
-    check_device(opts, fname)
-    return apply_options(fill(shape, opts.dtype), opts)
+    local device = check_device(opts, fname)
+    return apply_options(fill(shape, opts.dtype, device), opts)
   end
 end
 
@@ -109,7 +126,7 @@ T.randn = random("randn", C.randn)
 -- (a 0-dim tensor) or a tensor (a copy).
 function T.tensor(data, opts)
   opts = opts or {}
-  check_device(opts, "tensor")
+  local device = check_device(opts, "tensor")
   local t
   if is_tensor(data) then
     t = C.to(C.detach(data), opts.dtype or C.dtype(data), true)
@@ -121,7 +138,7 @@ function T.tensor(data, opts)
     error("tensor: expected a table, number, boolean or tensor, got " ..
       type(data), 2)
   end
-  return apply_options(t, opts)
+  return apply_options(placed(t, device), opts)
 end
 
 -- arange(end) or arange(start, end, [step], [opts]): [start, end).
@@ -135,30 +152,59 @@ function T.arange(...)
     error("arange: expected (end), (start, end) or (start, end, step)", 2)
   end
   if n < 3 then step = nil end
-  return apply_options(C.arange(a, b, step, opts.dtype), opts)
+  local device = check_device(opts, "arange")
+  return apply_options(placed(C.arange(a, b, step, opts.dtype), device), opts)
 end
 
 function T.eye(n, opts)
   opts = opts or {}
-  return apply_options(C.eye(n, opts.dtype), opts)
+  local device = check_device(opts, "eye")
+  return apply_options(placed(C.eye(n, opts.dtype), device), opts)
 end
 
+-- *_like(t, opts): t's shape, dtype and device unless opts say otherwise.
 local function like(fname, make)
   return function(t, opts)
     opts = opts or {}
-    return apply_options(make(C.size(t), opts.dtype or C.dtype(t)), opts)
+    local device = check_device(opts, fname) or C.device(t)
+    return apply_options(make(C.size(t), opts.dtype or C.dtype(t), device),
+      opts)
   end
 end
 
-T.zeros_like = like("zeros_like", function(s, d) return C.full(s, 0, d) end)
-T.ones_like = like("ones_like", function(s, d) return C.full(s, 1, d) end)
+T.zeros_like = like("zeros_like",
+  function(s, d, device) return C.full(s, 0, d, device) end)
+T.ones_like = like("ones_like",
+  function(s, d, device) return C.full(s, 1, d, device) end)
 T.empty_like = T.zeros_like
 T.rand_like = like("rand_like", C.rand)
 T.randn_like = like("randn_like", C.randn)
 function T.full_like(t, value, opts)
   opts = opts or {}
-  return apply_options(C.full(C.size(t), value, opts.dtype or C.dtype(t)), opts)
+  local device = check_device(opts, "full_like") or C.device(t)
+  return apply_options(C.full(C.size(t), value, opts.dtype or C.dtype(t),
+    device), opts)
 end
+
+-- ---- CUDA devices --------------------------------------------------------
+-- Device indices are 0-based, as in PyTorch and in "cuda:0".
+
+T.cuda = {}
+
+function T.cuda.is_available() return C.cuda_device_count() > 0 end
+function T.cuda.device_count() return C.cuda_device_count() end
+-- Why no CUDA device can be used here, or nil when one can.
+function T.cuda.unavailable_reason() return C.cuda_unavailable_reason() end
+-- Whether the devices are EMBER_CUDA_SIM's simulation (for testing).
+function T.cuda.is_simulated() return C.cuda_is_simulated() end
+function T.cuda.get_device_name(i) return C.cuda_device_name(i) end
+-- Waits for the kernels queued on device i (default 0): for timing.
+function T.cuda.synchronize(i) return C.cuda_synchronize(i) end
+function T.cuda.memory_stats(i) return C.cuda_memory_stats(i) end
+function T.cuda.memory_allocated(i)
+  return C.cuda_memory_stats(i).allocated_bytes
+end
+function T.cuda.empty_cache() return C.cuda_empty_cache() end
 
 T.manual_seed = C.manual_seed
 T.initial_seed = C.initial_seed
@@ -276,7 +322,7 @@ function methods.flatten(t, start_dim, end_dim)
 end
 T.flatten = methods.flatten
 
--- to(dtype) / to("cpu") / to({dtype =, device =, copy =})
+-- to(dtype) / to("cpu") / to("cuda:1") / to({dtype =, device =, copy =})
 function methods.to(t, what, copy)
   local dtype, device = nil, nil
   if type(what) == "table" then
@@ -286,10 +332,21 @@ function methods.to(t, what, copy)
   else
     dtype = what
   end
-  if device ~= nil then check_device({ device = device }, "to") end
-  return C.to(t, dtype, copy)
+  if device ~= nil then device = check_device({ device = device }, "to") end
+  return C.to(t, dtype, copy, device)
 end
 T.to = methods.to
+
+-- cuda([index]) / cpu(): copies onto that device (t itself if it is there).
+function methods.cuda(t, index)
+  if index ~= nil and math.type(index) ~= "integer" then
+    error(("cuda: the device index must be an integer, got %s")
+      :format(tostring(index)), 2)
+  end
+  return methods.to(t, "cuda:" .. (index or 0))
+end
+function methods.cpu(t) return C.to(t, nil, false, "cpu") end
+function methods.is_cuda(t) return C.device(t) ~= "cpu" end
 
 for name, dtype in pairs({ float = "float32", double = "float64",
   long = "int64", int = "int32", byte = "uint8", bool = "bool" }) do
@@ -301,7 +358,6 @@ function methods.type(t, dtype)
   return C.to(t, dtype)
 end
 
-function methods.cpu(t) return t end
 
 -- add(other, alpha) as PyTorch's add with alpha.
 function methods.add(a, b, alpha)
@@ -419,7 +475,8 @@ function T.dropout(x, p, training)
   end
   if training == false or p == 0 then return x end
   if p == 1 then return x * 0 end
-  local keep = C.to(C.ge(C.rand(C.size(x), C.dtype(x)), p), C.dtype(x))
+  local keep = C.to(C.ge(C.rand(C.size(x), C.dtype(x), C.device(x)), p),
+    C.dtype(x))
   return x * (keep * (1 / (1 - p)))
 end
 methods.dropout = T.dropout

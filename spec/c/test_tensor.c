@@ -39,15 +39,15 @@
 
 static int live_storages;
 
-static void *counting_alloc(size_t nbytes) {
-  void *p = ember_cpu_device.alloc(nbytes);
+static void *counting_alloc(const ember_device_t *device, size_t nbytes) {
+  void *p = ember_cpu_device.alloc(device, nbytes);
   if (p != NULL) live_storages++;
   return p;
 }
 
-static void counting_free(void *data) {
+static void counting_free(const ember_device_t *device, void *data) {
   live_storages--;
-  ember_cpu_device.free(data);
+  ember_cpu_device.free(device, data);
 }
 
 static ember_device_t counting;

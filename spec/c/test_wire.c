@@ -486,11 +486,21 @@ static void tensor_ext_round_trip(void) {
   ember_wire_tensor_ref_t ref;
   ember_tensor_t *t = matrix(2, 3);
   t->requires_grad = 1;
-  size_t len = ember_wire_tensor_ext(t, 7, ext);
+  size_t len = ember_wire_tensor_ext(t, 7, -1, ext);
   CHECK_EQ(len, EMBER_EXT_TENSOR_FIXED + 16);
   CHECK_EQ(ember_wire_parse_tensor_ext((char *)ext, (uint32_t)len, &ref), 0);
   CHECK(ref.dtype == EMBER_FLOAT32 && ref.ndim == 2 && ref.requires_grad);
   CHECK(ref.index == 7 && ref.shape[0] == 2 && ref.shape[1] == 3);
+  CHECK_EQ(ref.device, -1);
+  /* A tensor bound for cuda:3 says so; one past the last device is refused. */
+  CHECK_EQ(ember_wire_tensor_ext(t, 7, 3, ext), len);
+  CHECK_EQ(ember_wire_parse_tensor_ext((char *)ext, (uint32_t)len, &ref), 0);
+  CHECK_EQ(ref.device, 3);
+  ext[3] = EMBER_WIRE_MAX_DEVICE + 2;
+  CHECK_EQ(ember_wire_parse_tensor_ext((char *)ext, (uint32_t)len, &ref),
+           EMBER_EINVAL);
+  CHECK_MSG("at most cuda:15");
+  ext[3] = 0;
   CHECK_EQ(ember_wire_parse_tensor_ext((char *)ext, (uint32_t)len - 1, &ref),
            EMBER_EINVAL);
   CHECK_MSG("expected 24");

@@ -342,25 +342,50 @@ function Module:load_state_dict(sd, opts)
   return { missing_keys = missing, unexpected_keys = unexpected }
 end
 
--- to(dtype): converts floating parameters and buffers. Parameters become new
--- tensors (a tensor cannot change dtype in place), so build optimizers after.
-function Module:to(dtype)
-  if type(dtype) == "table" then dtype = dtype.dtype end
-  if dtype == nil or dtype == "cpu" then return self end
+-- to(dtype) / to("cuda") / to({dtype =, device =}): converts floating
+-- parameters and buffers to the dtype and moves every parameter and buffer to
+-- the device. Parameters become new tensors (a tensor cannot change dtype or
+-- device in place), so build optimizers after.
+local function is_device(what)
+  return what == "cpu" or (type(what) == "string" and what:match("^cuda") ~= nil)
+end
+
+function Module:to(what)
+  local dtype, device
+  if type(what) == "table" then dtype, device = what.dtype, what.device
+  elseif is_device(what) then device = what
+  else dtype = what end
+  if device ~= nil then device = T.device(device) end
+  -- The converted copy of t, or nil when it already is what is asked.
+  local function convert(t)
+    local want = {
+      dtype = dtype ~= nil and t:dtype():match("^float") and dtype or nil,
+      device = device }
+    if (want.dtype == nil or want.dtype == t:dtype()) and
+        (device == nil or device == t:device()) then
+      return nil
+    end
+    return t:detach():to(want)
+  end
   for _, m in ipairs(self:modules()) do
     for _, k in ipairs(m._parameters.keys) do
       local p = m._parameters.values[k]
-      if p:dtype() ~= dtype then
-        m._parameters.values[k] = p:detach():to(dtype, true):requires_grad_(true)
+      local moved = convert(p)
+      if moved ~= nil then
+        m._parameters.values[k] = moved:requires_grad_(p.requires_grad)
       end
     end
     for _, k in ipairs(m._buffers.keys) do
-      local b = m._buffers.values[k]
-      if b:dtype():match("^float") then m._buffers.values[k] = b:to(dtype) end
+      local moved = convert(m._buffers.values[k])
+      if moved ~= nil then m._buffers.values[k] = moved end
     end
   end
   return self
 end
+function Module:cuda(index)
+  return self:to("cuda:" .. (index or 0))
+end
+function Module:cpu() return self:to("cpu") end
 function Module:double() return self:to("float64") end
 function Module:float() return self:to("float32") end
 
