@@ -66,10 +66,6 @@ local function check_device(opts, fname)
   return name
 end
 
--- device(name): the device's own name ("cuda" -> "cuda:0"), or an error
--- saying why it cannot be used here.
-function T.device(name) return check_device({ device = name }, "device") end
-
 -- A CPU-made tensor moved to the device the options name.
 local function placed(t, device)
   if device == nil or device == "cpu" then return t end
@@ -255,6 +251,13 @@ local direct = {
 for _, name in ipairs(direct) do
   methods[name] = C[name]
   T[name] = C[name]
+end
+
+-- device(t): where t lives; device(name): the device's own name ("cuda" ->
+-- "cuda:0"), or an error saying why it cannot be used here.
+function T.device(what)
+  if is_tensor(what) then return C.device(what) end
+  return check_device({ device = what }, "device")
 end
 
 T.cat = C.cat
