@@ -94,7 +94,7 @@ int ember_device_from_name(const char *name, const ember_device_t **device) {
     char *end;
     long n = name[4] == ':' && name[5] >= '0' && name[5] <= '9'
                  ? strtol(name + 5, &end, 10) : -1;
-    if (n < 0 || *end != '\0' || n >= EMBER_MAX_CUDA_DEVICES) goto bad;
+    if (n < 0 || *end != '\0' || n > INT32_MAX) goto bad;
     index = (int)n;
   } else if (strcmp(name, "cuda") != 0) {
     goto bad;

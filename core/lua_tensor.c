@@ -146,13 +146,11 @@ static ember_tensor_t *anchor(lua_State *L, ember_tensor_t *t) {
   return t;
 }
 
-/* A tensor from index i, or a Lua number made into a 0-dim tensor like
-** `like` (the scalar's dtype rules are the C core's). Borrowed: a new
-** tensor is anchored on the stack. */
-static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
-                                        const ember_tensor_t *like) {
-  ember_tensor_t *t = to_tensor(L, i);
-  if (t != NULL) return t;
+/* The Lua number or boolean at index i as a new 0-dim tensor on `like`'s
+** device (the scalar's dtype rules are the C core's), or NULL with a
+** message. A device gets it by a fill kernel: no waiting on the host. */
+static ember_tensor_t *new_scalar(lua_State *L, int i,
+                                  const ember_tensor_t *like) {
   if (lua_type(L, i) != LUA_TNUMBER && !lua_isboolean(L, i)) {
     luaL_typeerror(L, i, "tensor or number");
   }
@@ -163,17 +161,30 @@ static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
   }
   const ember_device_t *device = like != NULL ? like->storage->device
                                               : &ember_cpu_device;
-  t = anchor(L, ember_tensor_new(NULL, 0, dtype, device));
-  if (dtype == EMBER_INT64 && lua_isinteger(L, i)) {
-    int64_t exact = lua_tointeger(L, i);
-    check_rc(L, device->from_host(device, ember_tensor_data(t), &exact,
-                                  sizeof exact));
+  ember_tensor_t *t = ember_tensor_new(NULL, 0, dtype, device);
+  if (t == NULL) return NULL;
+  int rc;
+  if (device->is_host && dtype == EMBER_INT64 && lua_isinteger(L, i)) {
+    *(int64_t *)ember_tensor_data(t) = lua_tointeger(L, i); /* exact */
+    rc = 0;
   } else {
-    check_rc(L, ember_tensor_set(t, 0, lua_isboolean(L, i)
-                                           ? lua_toboolean(L, i)
-                                           : lua_tonumber(L, i)));
+    rc = device->fill(t, lua_isboolean(L, i) ? lua_toboolean(L, i)
+                                             : lua_tonumber(L, i));
+  }
+  if (rc < 0) {
+    ember_tensor_release(t);
+    return NULL;
   }
   return t;
+}
+
+/* A tensor from index i, or a Lua number made into a 0-dim tensor like
+** `like`. Borrowed: a new tensor is anchored on the stack. */
+static ember_tensor_t *tensor_or_scalar(lua_State *L, int i,
+                                        const ember_tensor_t *like) {
+  ember_tensor_t *t = to_tensor(L, i);
+  if (t != NULL) return t;
+  return anchor(L, new_scalar(L, i, like));
 }
 
 /* The device named at index i ("cpu", "cuda", "cuda:1"); the CPU when it
@@ -632,8 +643,9 @@ static int t_cuda_is_simulated(lua_State *L) {
 
 static int check_cuda_index(lua_State *L, int i) {
   lua_Integer index = luaL_optinteger(L, i, 0);
-  if (ember_cuda_device(index >= 0 && index < EMBER_MAX_CUDA_DEVICES
-                            ? (int)index : EMBER_MAX_CUDA_DEVICES) == NULL) {
+  luaL_argcheck(L, index >= 0 && index <= INT32_MAX, i,
+                "a device index is an integer from 0");
+  if (ember_cuda_device((int)index) == NULL) {
     luaL_error(L, "%s", ember_tensor_error());
   }
   return (int)index;
@@ -958,8 +970,18 @@ static int binary_(lua_State *L, ember_binary_op_t op) {
   ember_tensor_t *dst = check_tensor(L, 1);
   double alpha = luaL_optnumber(L, 3, 1);
   lua_settop(L, 3);
-  ember_tensor_t *src = tensor_or_scalar(L, 2, dst);
-  check_rc(L, ember_tensor_binary_(op, dst, src, alpha));
+  ember_tensor_t *src = to_tensor(L, 2);
+  if (src != NULL) {
+    check_rc(L, ember_tensor_binary_(op, dst, src, alpha));
+  } else {
+    /* Released at once rather than left to the collector: an optimizer's
+    ** step makes many, and each holds a block of device memory. */
+    ember_tensor_t *scalar = new_scalar(L, 2, dst);
+    int rc = scalar != NULL ? ember_tensor_binary_(op, dst, scalar, alpha)
+                            : EMBER_ENOMEM;
+    ember_tensor_release(scalar);
+    check_rc(L, rc);
+  }
   lua_settop(L, 1);
   return 1;
 }

@@ -256,6 +256,7 @@ int ember_tensor_binary_(ember_binary_op_t op, ember_tensor_t *dst,
   if (is_comparison(op)) {
     return ember__tensor_fail(EMBER_EINVAL, "comparisons have no in-place form");
   }
+  if (ember__check_devices("in-place op", dst, src) < 0) return EMBER_EINVAL;
   if (!ember_dtype_is_float(dst->dtype) &&
       (ember_dtype_is_float(src->dtype) || op == EMBER_OP_DIV)) {
     return ember__tensor_fail(EMBER_EINVAL,

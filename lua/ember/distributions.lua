@@ -110,7 +110,9 @@ end
 -- tensor or number, broadcast against the batch shape); differentiable
 -- with respect to probs or logits.
 function Categorical:log_prob(value)
-  if math.type(value) == "integer" then value = T.tensor(value) end
+  if math.type(value) == "integer" then
+    value = T.tensor(value, { device = self.probs:device() })
+  end
   if not T.is_tensor(value) then
     error(("Categorical:log_prob: value must be an integer tensor or integer, "
       .. "got %s"):format(type(value)), 2)

@@ -405,7 +405,8 @@ function LSTM:forward(input, hx)
   for i = 1, 2 do
     local s = hx and hx[i]
     if s == nil then
-      s = T.zeros({ L, batch, H }, { dtype = input:dtype() })
+      s = T.zeros({ L, batch, H }, { dtype = input:dtype(),
+        device = input:device() })
     else
       local want = unbatched and ("[%d, %d]"):format(L, H)
         or ("[%d, %d, %d]"):format(L, batch, H)
