@@ -75,9 +75,9 @@ static void open_range(const void *data, size_t bytes) {
   uintptr_t first = (uintptr_t)data & ~(uintptr_t)(page - 1);
   size_t span = page_round((uintptr_t)data + bytes - first);
   for (int i = 0; i < opened.count; i++) {
-    if (opened.blocks[i].base == (void *)first &&
-        opened.blocks[i].bytes >= span) {
-      return;
+    uintptr_t base = (uintptr_t)opened.blocks[i].base;
+    if (base <= first && first + span <= base + opened.blocks[i].bytes) {
+      return; /* already open */
     }
   }
   if (opened.count == MAX_OPEN) abort(); /* a test device: fail loudly */

@@ -28,8 +28,9 @@ local function shape_and_options(fname, ...)
   local n = select("#", ...)
   local last = n > 0 and select(n, ...) or nil
   local opts
+  -- {} alone is the shape of a 0-dim tensor; after sizes it is options.
   if type(last) == "table" and not is_tensor(last) and last[1] == nil and
-      next(last) ~= nil then
+      (next(last) ~= nil or n > 1) then
     opts, n = last, n - 1
   end
   local first = ...
