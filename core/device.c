@@ -71,7 +71,7 @@ const ember_device_t *ember_cuda_device(int index) {
   if (index < 0 || index >= count) {
     if (count == 0) {
       ember__tensor_fail(EMBER_ENOCUDA, "device 'cuda:%d' is not available: "
-                         "no CUDA device was found", index);
+                         "no CUDA device or driver was found", index);
     } else {
       ember__tensor_fail(EMBER_ENOCUDA, "device 'cuda:%d' is not available: "
                          "this worker has %d CUDA device%s (cuda:0 to "
