@@ -216,7 +216,7 @@ static int t_full(lua_State *L) {
   const ember_device_t *device = opt_device(L, 4);
   ember_tensor_t *t = ember_tensor_new(shape, n, dtype, device);
   push_tensor(L, t);
-  if (value != 0) check_rc(L, device->fill(t, value));
+  if (value != 0 || signbit(value)) check_rc(L, device->fill(t, value));
   return 1;
 }
 
@@ -449,7 +449,7 @@ static int t_item(lua_State *L) {
                          "number, not one of shape %s",
                       ember_shape_string(t->shape, t->ndim, buf, sizeof buf));
   }
-  push_element(L, t, 0); /* one element: read straight from its device */
+  push_element(L, readable(L, t), 0); /* a failed copy raises */
   return 1;
 }
 

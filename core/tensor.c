@@ -309,7 +309,11 @@ ember_tensor_t *ember_tensor_empty(const int64_t *shape, int ndim,
 ember_tensor_t *ember_tensor_staged_on_host(const ember_tensor_t *t) {
   const ember_device_t *device = t->storage->device;
   if (device->host_alloc == NULL) {
-    return ember_tensor_to_device(t, &ember_cpu_device, t->dtype, 1);
+    int was = ember_set_grad_enabled(0);
+    ember_tensor_t *copy = ember_tensor_to_device(t, &ember_cpu_device,
+                                                  t->dtype, 1);
+    ember_set_grad_enabled(was);
+    return copy;
   }
   int was = ember_set_grad_enabled(0);
   ember_tensor_t *src = ember_tensor_contiguous(t);
@@ -470,6 +474,8 @@ static const void *element_on_host(const ember_tensor_t *t, int64_t flat,
   if (device->is_host) return element_address(t, flat);
   if (device->to_host(device, value, element_address(t, flat),
                       ember_dtype_size(t->dtype)) < 0) {
+    /* The message stays for ember_tensor_error(); callers that can report
+    ** it (item) read through a host copy instead. */
     memset(value, 0, 8);
   }
   return value;
@@ -756,6 +762,10 @@ static ember_tensor_t *multinomial_on_device(const ember_tensor_t *probs,
   int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1;
   int64_t k = probs->shape[probs->ndim - 1];
   int64_t shape2[2] = {rows, k}, out_shape[2] = {rows, n};
+  if (rows == 0) {
+    return ember_tensor_new(out_shape, probs->ndim == 2 ? 2 : 1, EMBER_INT64,
+                            probs->storage->device);
+  }
   int was = ember_set_grad_enabled(0);
   ember_tensor_t *w2 = ember_tensor_reshape(probs, shape2, 2, 0);
   ember_set_grad_enabled(was);

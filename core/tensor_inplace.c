@@ -312,6 +312,7 @@ int ember_tensor_addc_(ember_tensor_t *dst, const ember_tensor_t *a,
 int ember_tensor_allclose(const ember_tensor_t *a, const ember_tensor_t *b,
                           double rtol, double atol, int *result) {
   *result = 0;
+  if (ember__check_devices("allclose", a, b) < 0) return EMBER_EINVAL;
   if (!ember_tensor_same_shape(a, b)) return 0;
   if (!a->storage->device->is_host || !b->storage->device->is_host) {
     ember_tensor_t *ha = ember_tensor_to_device(a, &ember_cpu_device, a->dtype, 0);

@@ -62,6 +62,12 @@ print("same", T.allclose(a, b, 1e-5, 1e-6))
 print("state", opt.state[model:parameters()[1]].exp_avg:device())
 print("shown", tostring(T.ones(2):cuda()):match("device='cuda:0'") ~= nil)
 print("back", model:cpu():parameters()[1]:device())
+-- A weight two modules share stays one tensor on the device.
+local emb, lin = nn.Embedding(5, 3), nn.Linear(3, 5, { bias = false })
+lin.weight = emb.weight
+local tied = nn.Sequential(emb, lin):cuda()
+print("tied", rawequal(emb.weight, lin.weight), emb.weight:device())
+print("tensor_to_cpu", T.tensor(T.ones(2):cuda(), { device = "cpu" }):device())
 ]==])
     f:close()
     local out, status = example.sh(("env EMBER_CUDA_SIM=1 %s run %s"):format(
@@ -73,6 +79,8 @@ print("back", model:cpu():parameters()[1]:device())
     assert.matches("state\tcuda:0", out)
     assert.matches("shown\ttrue", out)
     assert.matches("back\tcpu", out)
+    assert.matches("tied\ttrue\tcuda:0", out)
+    assert.matches("tensor_to_cpu\tcpu", out)
   end)
 
   it("refuse a bad EMBER_CUDA_SIM", function()

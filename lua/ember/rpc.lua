@@ -572,10 +572,14 @@ local function read_device_maps(maps)
   return out
 end
 
--- What this worker publishes with its address: its CUDA device count and
--- its maps, which its peers need to map their replies back.
+-- What this worker publishes with its address: its maps, which its peers
+-- need to map their replies back, and, when it has maps, its CUDA device
+-- count (-1 otherwise: a worker without maps does not start the CUDA driver
+-- for nothing; a tensor mapped to a device it lacks is then refused when it
+-- arrives).
 local function device_record(o)
-  return (core.wire_encode({ count = local_cuda_count(), maps = o.device_maps }))
+  local count = next(o.device_maps) ~= nil and local_cuda_count() or -1
+  return (core.wire_encode({ count = count, maps = o.device_maps }))
 end
 
 local function inverse(map)
@@ -599,7 +603,7 @@ local function apply_device_maps(o, s, records)
     local peer = s.workers[r].name
     local mine = maps[peer]
     for from, to in pairs(mine or {}) do
-      if to >= record.count then
+      if record.count >= 0 and to >= record.count then
         fail("EINVAL", "init_rpc: device_maps['%s'] maps cuda:%d to cuda:%d, "
           .. "but '%s' has %d CUDA device%s", peer, from, to, peer,
           record.count, record.count == 1 and "" or "s")

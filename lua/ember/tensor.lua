@@ -67,9 +67,9 @@ local function check_device(opts, fname)
   return name
 end
 
--- A CPU-made tensor moved to the device the options name.
+-- t on the device the options name (t itself when it is there already).
 local function placed(t, device)
-  if device == nil or device == "cpu" then return t end
+  if device == nil then return t end
   return C.to(t, nil, false, device)
 end
 

@@ -367,16 +367,26 @@ function Module:to(what)
     end
     return t:detach():to(want)
   end
+  -- One copy per tensor, so that a tensor two modules share (tied weights)
+  -- stays shared.
+  local done = {}
+  local function converted(t, is_parameter)
+    if done[t] == nil then
+      local moved = convert(t)
+      if moved ~= nil and is_parameter then
+        moved = moved:requires_grad_(t.requires_grad)
+      end
+      done[t] = moved or false
+    end
+    return done[t] or nil
+  end
   for _, m in ipairs(self:modules()) do
     for _, k in ipairs(m._parameters.keys) do
-      local p = m._parameters.values[k]
-      local moved = convert(p)
-      if moved ~= nil then
-        m._parameters.values[k] = moved:requires_grad_(p.requires_grad)
-      end
+      local moved = converted(m._parameters.values[k], true)
+      if moved ~= nil then m._parameters.values[k] = moved end
     end
     for _, k in ipairs(m._buffers.keys) do
-      local moved = convert(m._buffers.values[k])
+      local moved = converted(m._buffers.values[k], false)
       if moved ~= nil then m._buffers.values[k] = moved end
     end
   end
