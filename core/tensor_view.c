@@ -724,27 +724,10 @@ ember_tensor_t *ember_tensor_scatter(const ember_tensor_t *x, int dim,
   return out;
 }
 
-/* index_select's backward: zeros with each selected slice's gradient added
-** back where it came from (a scatter-add through the expanded index). */
-static int index_select_backward(ember_node_t *node,
-                                 const ember_tensor_t *grad,
-                                 ember_tensor_t **grads_in) {
-  const ember_edge_t *e = &node->edges[0];
-  ember_tensor_t *full = ember_tensor_new(e->shape, e->ndim, grad->dtype,
-                                          grad->storage->device);
-  if (full == NULL) return EMBER_ENOMEM;
-  int rc = full->storage->device->scatter(full, (int)node->ints[0],
-                                          node->saved[0], grad, 1);
-  if (rc < 0) {
-    ember_tensor_release(full);
-    return rc;
-  }
-  grads_in[0] = full;
-  return 0;
-}
-
+/* index_select is a gather through the expanded index (saved), so its
+** backward is gather's: a scatter-add back where each slice came from. */
 static const ember_node_kind_t index_select_kind = {"IndexSelectBackward0",
-                                                    index_select_backward};
+                                                    gather_backward};
 
 /* The 1-D index as a gather index for out's shape: index[i] at every
 ** position whose coordinate along dim is i (a view with zero strides). */
