@@ -24,45 +24,17 @@ local here = (arg and arg[0] or ""):match("^(.*/)") or "scripts/bench/"
 local common = dofile(here .. "common.lua")
 local Policy = dofile(here .. "../../examples/cartpole_policy.lua")
 
-local USAGE = [[
-usage: ember run scripts/bench/gpu.lua [--quick] [--size N] [--repeats R]
-
-  --quick       smaller and fewer: a smoke test of the benchmark
-  --size N      the sgemm's N (default 4096; 1024 with --quick; 1024 or 256
-                on the simulated device)
-  --repeats R   timed sgemm calls (default 10, 3 with --quick)]]
-
+-- Reads the command line (ember.options: --help and clear errors).
 local function parse_args(argv)
-  local opts = {}
-  local i = 1
-  while i <= #argv do
-    local a = argv[i]
-    local name, value = a:match("^(%-%-[%w-]+)=(.*)$")
-    name = name or a
-    if name == "--quick" then
-      opts.quick = true
-    elseif name == "--size" or name == "--repeats" then
-      if value == nil then
-        i = i + 1
-        value = argv[i]
-      end
-      local n = math.tointeger(tonumber(value or ""))
-      if n == nil or n < 1 then
-        io.stderr:write(name, " needs an integer >= 1, got '",
-          tostring(value), "'\n", USAGE, "\n")
-        os.exit(2)
-      end
-      opts[name:sub(3)] = n
-    elseif name == "-h" or name == "--help" then
-      print(USAGE)
-      os.exit(0)
-    else
-      io.stderr:write("unknown argument '", a, "'\n", USAGE, "\n")
-      os.exit(2)
-    end
-    i = i + 1
-  end
-  return opts
+  return require("ember.options").parse(argv, {
+    usage = "ember run scripts/bench/gpu.lua [--quick] [--size N] [--repeats R]",
+    about = "sgemm TFLOP/s and the tutorial Policy batched vs single calls.",
+    { "quick", false, "smaller and fewer: a smoke test of the benchmark" },
+    { "size", nil, "the sgemm's N (default 4096; 1024 with --quick; 1024 or "
+      .. "256 on the simulated device)", kind = "integer", min = 1 },
+    { "repeats", nil, "timed sgemm calls (default 10, 3 with --quick)",
+      kind = "integer", min = 1 },
+  })
 end
 
 -- Why there is no CUDA device, or nil when there is one.
