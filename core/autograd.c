@@ -15,6 +15,11 @@
 
 static _Thread_local int grad_disabled;
 
+/* The sink of the backward running on this thread (NULL: leaves' .grad). */
+static _Thread_local const ember_grad_sink_t *current_sink;
+
+const ember_grad_sink_t *ember_backward_sink(void) { return current_sink; }
+
 int ember_grad_enabled(void) { return !grad_disabled; }
 
 int ember_set_grad_enabled(int enabled) {
@@ -230,8 +235,10 @@ static int list_push(node_list_t *list, ember_node_t *node) {
   return 0;
 }
 
-/* Every node reachable from root, each once; counts incoming uses in deps. */
+/* Every node reachable from root not seen before, each once; counts incoming
+** uses in deps (across every root collected into the same list). */
 static int collect(ember_node_t *root, node_list_t *all) {
+  if (root->seen) return 0; /* reached from an earlier root */
   node_list_t stack = {0};
   int rc = list_push(&stack, root);
   root->seen = 1;
@@ -270,6 +277,15 @@ static int check_saved_versions(const ember_node_t *n) {
   return 0;
 }
 
+/* Adds a gradient for a leaf (taking grad's reference): into its .grad, or
+** into the sink of this backward. */
+static int accumulate_leaf(ember_tensor_t *leaf, ember_tensor_t *grad) {
+  if (current_sink != NULL && current_sink->leaf != NULL) {
+    return current_sink->leaf(current_sink->user, leaf, grad);
+  }
+  return accumulate(&leaf->grad, grad, 1);
+}
+
 static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
   ember_tensor_t *grads_in_small[4] = {0};
   ember_tensor_t **grads_in = grads_in_small;
@@ -301,7 +317,7 @@ static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
       if (g == NULL) {
         rc = EMBER_ENOMEM;
       } else if (e->leaf != NULL) {
-        rc = accumulate(&e->leaf->grad, g, 1);
+        rc = accumulate_leaf(e->leaf, g);
       } else {
         rc = accumulate(&e->node->grad, g, 0);
       }
@@ -323,54 +339,100 @@ static int run_node(ember_node_t *n, node_list_t *ready, int retain_graph) {
   return rc;
 }
 
-int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
-                   int retain_graph) {
+/* dL/droot to start from, as a private tensor of root's dtype and device:
+** ones for a one-element root when grad is NULL. NULL on failure. */
+static ember_tensor_t *make_seed(const ember_tensor_t *root,
+                                 const ember_tensor_t *grad) {
   char a[96], b[96];
   if (!root->requires_grad && root->grad_fn == NULL) {
-    return ember__tensor_fail(EMBER_EINVAL,
-                              "backward: the tensor does not require grad and "
-                              "has no grad_fn");
+    ember__tensor_fail(EMBER_EINVAL, "backward: the tensor does not require "
+                                     "grad and has no grad_fn");
+    return NULL;
   }
-  ember_tensor_t *seed;
   if (grad == NULL) {
     if (ember_tensor_numel(root) != 1) {
-      return ember__tensor_fail(
+      ember__tensor_fail(
           EMBER_EINVAL,
           "backward: grad can be implicitly created only for a tensor of one "
           "element, not of shape %s; pass a gradient",
           ember_shape_string(root->shape, root->ndim, a, sizeof a));
+      return NULL;
     }
-    seed = ember_tensor_new(root->shape, root->ndim, root->dtype,
-                            root->storage->device);
+    ember_tensor_t *seed = ember_tensor_new(root->shape, root->ndim,
+                                            root->dtype, root->storage->device);
     if (seed != NULL && seed->storage->device->fill(seed, 1.0) < 0) {
       ember_tensor_release(seed);
       seed = NULL;
     }
-  } else {
-    if (!ember_tensor_same_shape(root, grad)) {
-      return ember__tensor_fail(
-          EMBER_EINVAL, "backward: gradient of shape %s for a tensor of shape %s",
-          ember_shape_string(grad->shape, grad->ndim, a, sizeof a),
-          ember_shape_string(root->shape, root->ndim, b, sizeof b));
-    }
-    seed = ember_tensor_to(grad, root->dtype, 1);
+    return seed;
   }
-  if (seed == NULL) return EMBER_ENOMEM;
-  if (root->grad_fn == NULL) { /* backward on a leaf */
-    return accumulate(&root->grad, seed, 0);
+  if (!ember_tensor_same_shape(root, grad)) {
+    ember__tensor_fail(
+        EMBER_EINVAL, "backward: gradient of shape %s for a tensor of shape %s",
+        ember_shape_string(grad->shape, grad->ndim, a, sizeof a),
+        ember_shape_string(root->shape, root->ndim, b, sizeof b));
+    return NULL;
   }
+  if (!ember_device_same(grad->storage->device, root->storage->device)) {
+    /* A gradient that came over the wire lands where the tensor is. */
+    return ember_tensor_to_device(grad, root->storage->device, root->dtype, 1);
+  }
+  return ember_tensor_to(grad, root->dtype, 1);
+}
+
+int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
+                   int retain_graph) {
+  return ember_backward_many(&root, &grad, 1, retain_graph, NULL);
+}
+
+int ember_backward_many(ember_tensor_t *const *roots,
+                        const ember_tensor_t *const *grads, int n,
+                        int retain_graph, const ember_grad_sink_t *sink) {
+  ember_tensor_t *seeds_small[8] = {0};
+  ember_tensor_t **seeds = seeds_small;
+  if (n < 0) return ember__tensor_fail(EMBER_EINVAL, "backward: %d roots", n);
+  if (n > 8) {
+    seeds = calloc((size_t)n, sizeof *seeds);
+    if (seeds == NULL) return ember__tensor_fail(EMBER_ENOMEM, "out of memory");
+  }
+  int rc = 0;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    seeds[i] = make_seed(roots[i], grads != NULL ? grads[i] : NULL);
+    if (seeds[i] == NULL) rc = EMBER_EINVAL; /* make_seed left the message */
+  }
+  const ember_grad_sink_t *outer_sink = current_sink;
   int was_enabled = ember_set_grad_enabled(0);
+  current_sink = sink;
   node_list_t all = {0}, ready = {0};
-  int rc = collect(root->grad_fn, &all);
-  if (rc == 0) {
-    root->grad_fn->grad = seed;
-    seed = NULL;
-    rc = list_push(&ready, root->grad_fn);
+  /* Leaves take their seed now; nodes collect their graphs. */
+  for (int i = 0; rc == 0 && i < n; i++) {
+    if (roots[i]->grad_fn == NULL) {
+      ember_tensor_t *seed = seeds[i];
+      seeds[i] = NULL;
+      rc = sink != NULL && sink->leaf != NULL
+               ? sink->leaf(sink->user, roots[i], seed)
+               : accumulate(&roots[i]->grad, seed, 0);
+    } else {
+      rc = collect(roots[i]->grad_fn, &all);
+    }
+  }
+  /* A root reached from another root runs once that one has given it its
+  ** share; the others are ready now. */
+  for (int i = 0; rc == 0 && i < n; i++) {
+    ember_node_t *node = roots[i]->grad_fn;
+    if (node == NULL) continue;
+    rc = accumulate(&node->grad, seeds[i], 0);
+    seeds[i] = NULL;
+    if (rc == 0 && node->deps == 0 && node->seen == 1) {
+      node->seen = 2; /* queued: roots may share a node */
+      rc = list_push(&ready, node);
+    }
   }
   while (rc == 0 && ready.count > 0) {
     rc = run_node(ready.items[--ready.count], &ready, retain_graph);
   }
-  ember_tensor_release(seed);
+  for (int i = 0; i < n; i++) ember_tensor_release(seeds[i]);
+  if (seeds != seeds_small) free(seeds);
   /* Leave no engine state behind, also after a failure. */
   for (size_t i = 0; i < all.count; i++) {
     all.items[i]->seen = 0;
@@ -380,6 +442,7 @@ int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
   }
   free(all.items);
   free(ready.items);
+  current_sink = outer_sink;
   ember_set_grad_enabled(was_enabled);
   return rc;
 }

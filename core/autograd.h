@@ -90,6 +90,33 @@ void ember_node_release(ember_node_t *node);
 int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
                    int retain_graph);
 
+/*
+** Where a backward puts what it computes, when not into leaves' .grad (the
+** hooks distributed autograd uses). `leaf` takes the gradient of a leaf
+** (and grad's reference); `outgoing` takes the gradient a node hands to
+** another worker (a borrowed grad). Each returns 0 or a negative code with
+** a message.
+*/
+typedef struct {
+  int (*leaf)(void *user, ember_tensor_t *leaf, ember_tensor_t *grad);
+  int (*outgoing)(void *user, ember_node_t *node, const ember_tensor_t *grad);
+  void *user;
+} ember_grad_sink_t;
+
+/*
+** Back-propagates from n roots at once: grads[i] is dL/droots[i] (grads or
+** grads[i] NULL: ones, for a one-element root). A node reached from several
+** roots runs once, with the sum. Gradients a root's device lacks are moved
+** there. sink NULL: leaves' .grad, as ember_backward.
+*/
+int ember_backward_many(ember_tensor_t *const *roots,
+                        const ember_tensor_t *const *grads, int n,
+                        int retain_graph, const ember_grad_sink_t *sink);
+
+/* The sink of the backward running on this thread, for node kinds whose
+** gradient leaves the graph (NULL outside ember_backward_many's sink). */
+const ember_grad_sink_t *ember_backward_sink(void);
+
 /* A tensor sharing t's storage with no autograd state. */
 ember_tensor_t *ember_tensor_detach(const ember_tensor_t *t);
 

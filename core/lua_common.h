@@ -101,6 +101,14 @@ ember_lua_tensor_box_t *ember__lua_push_tensor_box(lua_State *L);
 /* The box at `index`, or NULL when the value is not a tensor. */
 ember_lua_tensor_box_t *ember__lua_tensor_box_at(lua_State *L, int index);
 
+/* Pushes t as a tensor userdata, taking the caller's reference (NULL raises
+** the tensor core's error). A leaf that requires grad comes back as the
+** userdata Lua already holds for it, if any. */
+void ember__lua_push_tensor(lua_State *L, ember_tensor_t *t);
+/* Registers the tensor at index, if a leaf that requires grad, as the one
+** userdata of its tensor (see ember__lua_push_tensor). */
+void ember__lua_intern_leaf(lua_State *L, int index);
+
 /* Tells Lua's collector about a tensor's storage (a big one makes it work
 ** sooner). Call after a new tensor userdata is made. */
 void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t);
@@ -118,6 +126,7 @@ extern const luaL_Reg ember__lua_rref_methods[];
 /* Module openers, called by luaopen_ember_core with the context at index 1. */
 void ember__lua_open_future(lua_State *L);
 void ember__lua_open_tensor(lua_State *L);
+void ember__lua_open_dist_autograd(lua_State *L);
 void ember__lua_open_wire(lua_State *L);
 void ember__lua_open_store(lua_State *L);
 void ember__lua_open_launch(lua_State *L);

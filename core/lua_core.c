@@ -246,6 +246,7 @@ int luaopen_ember_core(lua_State *L) {
   lua_setfield(L, 2, "Error");
   ember__lua_open_future(L);
   ember__lua_open_tensor(L);
+  ember__lua_open_dist_autograd(L);
   ember__lua_open_wire(L);
   ember__lua_open_store(L);
   ember__lua_open_launch(L);

@@ -18,6 +18,7 @@
 
 /* Upvalue-free registry keys: the Lua method table and a formatter. */
 static const char methods_key = 'm';
+static const char leaf_boxes_key = 'l';
 
 /* ---- Boxing ------------------------------------------------------------------ */
 
@@ -48,6 +49,46 @@ void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t) {
                                                           : nbytes >> 10));
 }
 
+/*
+** A leaf that requires grad (a parameter) is one Lua value for as long as
+** Lua holds it: tables keyed by parameters (an optimizer's state, the
+** gradients of a distributed autograd context) find it again when C hands
+** it back. A weak table maps the C tensor to its box; a box in it holds its
+** tensor, so the address is not reused while the entry lives.
+*/
+static int is_grad_leaf(const ember_tensor_t *t) {
+  return t->requires_grad && t->grad_fn == NULL;
+}
+
+void ember__lua_intern_leaf(lua_State *L, int index) {
+  tensor_box_t *box = luaL_testudata(L, index, TENSOR_METATABLE);
+  if (box == NULL || box->t == NULL || !is_grad_leaf(box->t)) return;
+  index = lua_absindex(L, index);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &leaf_boxes_key);
+  lua_rawgetp(L, -1, box->t);
+  tensor_box_t *held = luaL_testudata(L, -1, TENSOR_METATABLE);
+  if (held == NULL || held->t != box->t) { /* none, or one closed since */
+    lua_pushvalue(L, index);
+    lua_rawsetp(L, -3, box->t);
+  }
+  lua_pop(L, 2);
+}
+
+/* Pushes the box that already holds leaf t (taking the caller's reference
+** to t); returns 0, pushing nothing, when there is none. */
+static int push_interned(lua_State *L, ember_tensor_t *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &leaf_boxes_key);
+  lua_rawgetp(L, -1, t);
+  lua_remove(L, -2);
+  tensor_box_t *box = luaL_testudata(L, -1, TENSOR_METATABLE);
+  if (box != NULL && box->t == t) {
+    ember_tensor_release(t);
+    return 1;
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
 /* Pushes t, taking the caller's reference. NULL raises the core's error. */
 static void push_tensor(lua_State *L, ember_tensor_t *t) {
   if (t == NULL) {
@@ -56,10 +97,16 @@ static void push_tensor(lua_State *L, ember_tensor_t *t) {
     lua_concat(L, 2);
     lua_error(L);
   }
+  if (is_grad_leaf(t) && push_interned(L, t)) return;
   tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = t;
   luaL_setmetatable(L, TENSOR_METATABLE);
   ember__lua_account_tensor(L, t);
+  if (is_grad_leaf(t)) ember__lua_intern_leaf(L, -1);
+}
+
+void ember__lua_push_tensor(lua_State *L, ember_tensor_t *t) {
+  push_tensor(L, t);
 }
 
 static ember_tensor_t *to_tensor(lua_State *L, int index) {
@@ -1073,6 +1120,7 @@ static int t_requires_grad_(lua_State *L) {
   }
   t->requires_grad = on;
   lua_settop(L, 1);
+  ember__lua_intern_leaf(L, 1);
   return 1;
 }
 
@@ -1305,4 +1353,10 @@ void ember__lua_open_tensor(lua_State *L) {
   luaL_getmetatable(L, TENSOR_METATABLE);
   lua_setfield(L, -2, "metatable");
   lua_setfield(L, 2, "tensor");
+  lua_newtable(L); /* leaf boxes, weak values */
+  lua_newtable(L);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &leaf_boxes_key);
 }

@@ -524,6 +524,7 @@ static void push_tensor_ref(decoder_t *d, const ember_wire_token_t *tok,
   if (r.device >= 0) move_to_device(d, box, r.device, start);
   box->t->requires_grad = r.requires_grad;
   ember__lua_account_tensor(d->L, box->t);
+  ember__lua_intern_leaf(d->L, -1);
   remember_tensor(d, r.index);
 }
 

@@ -60,7 +60,8 @@ end
 -- first use: ember.rpc is require "ember.rpc".
 local lazy = { rpc = "ember.rpc", tensor = "ember.tensor", nn = "ember.nn",
   optim = "ember.optim", distributions = "ember.distributions",
-  envs = "ember.envs", options = "ember.options" }
+  envs = "ember.envs", options = "ember.options",
+  dist_autograd = "ember.dist_autograd", dist_optim = "ember.dist_optim" }
 
 return setmetatable(ember, {
   __index = function(t, key)

@@ -105,6 +105,18 @@ end
 
 -- --- Function references ------------------------------------------------------
 
+-- What a peer may never call: Lua's own libraries (os.execute, io.open,
+-- load, require, ...) and ember's internals. The allow-list is "functions of
+-- your modules and scripts", so these are refused even though reachable.
+local FORBIDDEN_MODULES = {
+  _G = true, os = true, io = true, debug = true, package = true,
+  coroutine = true, string = true, table = true, math = true, utf8 = true,
+  ember = true, ["ember.core"] = true, ["ember.cli"] = true,
+  ["ember.cli_native"] = true, ["ember.launch"] = true, ["ember.repl"] = true,
+  ["ember.rpc"] = true, ["ember.rref"] = true, ["ember.futures"] = true,
+  ["ember.dist_autograd"] = true,
+}
+
 -- A function travels as "module:path": the module it is reachable from in
 -- package.loaded (the script being run is "__main__"), and the fields leading
 -- to it. Only functions reachable that way can be called remotely.
@@ -141,8 +153,10 @@ local function scan_loaded()
   table.sort(names)
   -- Modules first: a function that is also a global of the script is better
   -- named by its module, which any worker can load.
+  -- Not through modules no peer may call into ("ember" holds ember.optim
+  -- too, which is callable under its own name).
   for _, name in ipairs(names) do
-    if type(loaded[name]) == "table" then
+    if type(loaded[name]) == "table" and not FORBIDDEN_MODULES[name] then
       scan_table(loaded[name], name, "", 0, seen)
     end
   end
@@ -179,16 +193,6 @@ function rpc._builtin(name, fn)
   return "ember:" .. name
 end
 
--- What a peer may never call: Lua's own libraries (os.execute, io.open,
--- load, require, ...) and ember's internals. The allow-list is "functions of
--- your modules and scripts", so these are refused even though reachable.
-local FORBIDDEN_MODULES = {
-  _G = true, os = true, io = true, debug = true, package = true,
-  coroutine = true, string = true, table = true, math = true, utf8 = true,
-  ember = true, ["ember.core"] = true, ["ember.cli"] = true,
-  ["ember.cli_native"] = true, ["ember.launch"] = true, ["ember.repl"] = true,
-  ["ember.rpc"] = true, ["ember.rref"] = true, ["ember.futures"] = true,
-}
 local forbidden_functions = {}
 for _, name in ipairs { "os", "io", "debug", "package", "coroutine", "string",
     "table", "math", "utf8" } do
@@ -412,9 +416,30 @@ local function send_to(dest, f, ...)
   return f(...)
 end
 
+-- The distributed autograd context of each task (coroutine) that has one:
+-- the calls a task makes carry it, and the tasks it starts for them inherit
+-- it. ember.dist_autograd sets `autograd` (how a call is wrapped, unwrapped
+-- and answered in a context).
+local task_contexts = setmetatable({}, { __mode = "k" })
+local autograd = nil
+
+local function current_context()
+  return task_contexts[coroutine.running()]
+end
+
+-- Runs fn(args) for a request: in the autograd context it came with, if any.
+local function run_in_context(peer, fn, args)
+  local ctx
+  if autograd ~= nil then ctx, args = autograd.receive_request(peer, args) end
+  if ctx ~= nil then task_contexts[coroutine.running()] = ctx end
+  local result = run_function(fn, args)
+  if ctx ~= nil then result = autograd.answer(ctx, peer, result) end
+  return result
+end
+
 -- Runs one request as a task and sends its answer, whatever happens.
 local function serve(agent, peer, id, fn, args)
-  local ok, result = xpcall(run_function, to_remote_error, fn, args)
+  local ok, result = xpcall(run_in_context, to_remote_error, peer, fn, args)
   if state == nil or state.agent ~= agent then return end
   local sent, err = pcall(rpc._internal.send_to, peer, agent.respond, agent,
     peer, id, not ok, result)
@@ -1083,9 +1108,11 @@ local function function_arg(fn, fname)
     fname, kind)
 end
 
--- A call to this worker itself runs here, as a task.
-local function call_self(fn, args)
+-- A call to this worker itself runs here, as a task (in the caller's
+-- autograd context: its tensors are the caller's, graph and all).
+local function call_self(fn, args, ctx)
   return spawn(function()
+    task_contexts[coroutine.running()] = ctx
     local ok, result = xpcall(run_function, to_remote_error, fn, args)
     if not ok then error(result, 0) end
     return result
@@ -1104,7 +1131,9 @@ function rpc.rpc_async(to, fn, args, opts)
     fail("EINVAL", "rpc_async: args must be a table (a list), got %s", type(args))
   end
   local timeout = call_options(s, opts, "rpc_async")
-  if id == s.rank then return call_self(ref, args) end
+  local ctx = current_context()
+  if id == s.rank then return call_self(ref, args, ctx) end
+  if ctx ~= nil then args = autograd.wrap_request(ctx, id, args) end
   return rpc._internal.send_to(id, s.agent.call, s.agent, id, ref, args, timeout)
 end
 
@@ -1218,6 +1247,9 @@ rpc._internal = {
   remote_error = remote_error,
   settle_result = settle_result,
   fail = fail,
+  task_contexts = task_contexts,
+  current_context = current_context,
+  set_autograd = function(hooks_) autograd = hooks_ end,
 }
 
 -- --- Shutdown ----------------------------------------------------------------------
@@ -1318,5 +1350,8 @@ end
 -- RRefs (rpc.remote, rpc.RRef) live in their own module, which extends this one.
 package.loaded["ember.rpc"] = rpc
 require "ember.rref"
+-- Every worker can take part in distributed autograd (its messages use
+-- classes registered there).
+require "ember.dist_autograd"
 
 return rpc

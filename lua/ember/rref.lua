@@ -58,7 +58,9 @@ end
 -- Runs fn(args) here as a task; the record's future gets what it gives.
 local function start_value(rec, fn, args)
   rec.started = true
+  local ctx = I.current_context() -- made in an autograd context: stays in it
   spawn(function()
+    I.task_contexts[coroutine.running()] = ctx
     local ok, result = xpcall(I.run_function, I.to_remote_error, fn, args)
     if ok then rec.future:set_result(result) else rec.future:set_exception(result) end
   end)
@@ -352,6 +354,15 @@ end
 function RRef:remote(timeout)
   check_rref(self, "remote")
   return proxy(self, proxy_options("remote", timeout), rpc.remote)
+end
+
+-- rref:backward([ctx [, retain_graph]]): a backward pass from the value (a
+-- one-element tensor) on its owner. With a distributed autograd context
+-- (the object or its id) it is a distributed backward starting there, as
+-- dist_autograd.backward(ctx, {value}) on the owner; without, a local one.
+function RRef:backward(ctx, retain_graph)
+  check_rref(self, "backward")
+  return require("ember.dist_autograd")._rref_backward(self, ctx, retain_graph)
 end
 
 -- --- Life of the world ----------------------------------------------------------

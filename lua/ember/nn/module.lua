@@ -211,6 +211,13 @@ function Module:parameters()
   return list
 end
 
+-- One rpc.RRef per parameter, owned by this worker: what a
+-- DistributedOptimizer takes (the tutorial's _parameter_rrefs). On a module
+-- held by an RRef: rref:rpc_sync():parameter_rrefs().
+function Module:parameter_rrefs()
+  return require("ember.dist_optim").parameter_rrefs(self)
+end
+
 function Module:buffers()
   local list = {}
   for _, b in self:named_buffers() do list[#list + 1] = b end
