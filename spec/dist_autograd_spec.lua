@@ -94,6 +94,8 @@ describe("dist_autograd", function()
     assert.matches("step: expected a context or its id, got string", r.bad_step)
     assert.equal("5.0,5.0", r.rref_backward_local)
     assert.matches("the value is a string, not a tensor", r.rref_backward_not_tensor)
+    -- Functions of a class held by a global are found by reference.
+    assert.equal("42", r.class_function)
     assert.equal("0", r.contexts_end)
   end)
 end)

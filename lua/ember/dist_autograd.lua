@@ -117,27 +117,34 @@ end
 
 local MAX_DEPTH = 64
 
--- The distinct tensors in `value` that require grad, in the order found.
-local function grad_tensors(value)
-  local found, seen = {}, {}
-  local function walk(v, depth)
-    if is_tensor(v) then
-      if not seen[v] and v.requires_grad then
-        seen[v] = true
-        found[#found + 1] = v
-      end
-      return
+local function walk(v, depth, found, seen)
+  if is_tensor(v) then
+    if not seen[v] and v.requires_grad then
+      seen[v] = true
+      found[#found + 1] = v
     end
-    if type(v) ~= "table" or seen[v] or depth > MAX_DEPTH then return end
-    seen[v] = true
-    local mt = getmetatable(v)
-    if mt ~= nil and mt.__pack ~= nil then return end -- RRefs and the like
-    for k, item in next, v do
-      walk(k, depth + 1)
-      walk(item, depth + 1)
+    return
+  end
+  if type(v) ~= "table" or seen[v] or depth > MAX_DEPTH then return end
+  seen[v] = true
+  local mt = getmetatable(v)
+  if mt ~= nil and mt.__pack ~= nil then return end -- RRefs and the like
+  for k, item in next, v do
+    if type(k) == "table" or type(k) == "userdata" then
+      walk(k, depth + 1, found, seen)
+    end
+    local kind = type(item)
+    if kind == "table" or kind == "userdata" then
+      walk(item, depth + 1, found, seen)
     end
   end
-  walk(value, 0)
+end
+
+-- The distinct tensors in `value` that require grad, in the order found.
+local function grad_tensors(value)
+  local found = {}
+  local kind = type(value)
+  if kind == "table" or kind == "userdata" then walk(value, 0, found, {}) end
   return found
 end
 
@@ -168,11 +175,9 @@ local function record_recvs(ctx, from, first, tensors)
   end
 end
 
--- A request made in a context: {ctx=, from=, first=, tensors=, args=}.
+-- A request made in a context: {ctx=, from=, first=, tensors=, args=}
+-- (its fields travel as they are).
 local Request = { __name = "ember.dist_autograd.Request" }
-function Request.__pack(r) return { ctx = r.ctx, from = r.from,
-  first = r.first, tensors = r.tensors, args = r.args } end
-function Request.__unpack(state) return setmetatable(state, Request) end
 rpc.register_class("ember.dist_autograd.Request", Request)
 
 -- An answer to it holding tensors that require grad: unwrapped as it is

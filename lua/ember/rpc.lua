@@ -123,6 +123,13 @@ local FORBIDDEN_MODULES = {
 local ref_of = setmetatable({}, { __mode = "k" })
 local MAX_SCAN_DEPTH = 4
 
+-- Plain tables and classes (a metatable with __call, as nn.Module:extend
+-- makes) are searched; other objects are not.
+local function is_searched(t)
+  local mt = getmetatable(t)
+  return mt == nil or (type(mt) == "table" and rawget(mt, "__call") ~= nil)
+end
+
 local function scan_table(t, module, path, depth, seen)
   if seen[t] or depth > MAX_SCAN_DEPTH then return end
   seen[t] = true
@@ -131,7 +138,7 @@ local function scan_table(t, module, path, depth, seen)
       local sub = path == "" and key or path .. "." .. key
       if type(value) == "function" then
         if ref_of[value] == nil then ref_of[value] = module .. ":" .. sub end
-      elseif type(value) == "table" and getmetatable(value) == nil then
+      elseif type(value) == "table" and is_searched(value) then
         scan_table(value, module, sub, depth + 1, seen)
       end
     end
@@ -175,7 +182,8 @@ local function function_ref(fn)
   if ref == nil then
     return nil, "the function is not reachable from a loaded module or a " ..
       "global of the main script, so no worker can call it; define it in " ..
-      "a module, or as a global of the script"
+      "a module, or as a global of the script (tables with a metatable " ..
+      "are searched only when it has __call, as classes do)"
   end
   return ref
 end
