@@ -416,6 +416,11 @@ int ember_backward_many(ember_tensor_t *const *roots,
       rc = collect(roots[i]->grad_fn, &all);
     }
   }
+  /* Nodes that this backward cannot run refuse before anything changes. */
+  for (size_t i = 0; rc == 0 && i < all.count; i++) {
+    ember_node_t *node = all.items[i];
+    if (node->check != NULL) rc = node->check(node, sink);
+  }
   /* A root reached from another root runs once that one has given it its
   ** share; the others are ready now. */
   for (int i = 0; rc == 0 && i < n; i++) {

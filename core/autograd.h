@@ -33,6 +33,8 @@ typedef int (*ember_backward_fn)(ember_node_t *node,
                                  const ember_tensor_t *grad_out,
                                  ember_tensor_t **grads_in);
 
+typedef struct ember_grad_sink_s ember_grad_sink_t;
+
 typedef struct {
   const char *name; /* "AddBackward0", as PyTorch names them */
   ember_backward_fn apply;
@@ -58,6 +60,11 @@ struct ember_node_s {
   /* Set by bindings for nodes whose backward runs outside C (hooks). */
   void *user;
   void (*user_free)(void *user);
+  /* Optional, for nodes that not every backward can run (distributed
+  ** autograd's recv): whether a backward with this sink (NULL: leaves'
+  ** .grad) can. Checked for every node before any runs, so a backward that
+  ** cannot finish changes nothing. 0 or a code with a message. */
+  int (*check)(const ember_node_t *node, const ember_grad_sink_t *sink);
 };
 
 int ember_grad_enabled(void);
@@ -97,11 +104,11 @@ int ember_backward(ember_tensor_t *root, const ember_tensor_t *grad,
 ** another worker (a borrowed grad). Each returns 0 or a negative code with
 ** a message.
 */
-typedef struct {
+struct ember_grad_sink_s {
   int (*leaf)(void *user, ember_tensor_t *leaf, ember_tensor_t *grad);
   int (*outgoing)(void *user, ember_node_t *node, const ember_tensor_t *grad);
   void *user;
-} ember_grad_sink_t;
+};
 
 /*
 ** Back-propagates from n roots at once: grads[i] is dL/droots[i] (grads or

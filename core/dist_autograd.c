@@ -10,23 +10,26 @@
 
 /* --- RecvRpcBackward ---------------------------------------------------------- */
 
-/* Its input is on another worker: the gradient goes to the running
-** backward's sink, which sends it there. */
+/* Its input is on another worker: only a backward with a sink that sends
+** gradients there can run it. */
+static int recv_check(const ember_node_t *node, const ember_grad_sink_t *sink) {
+  if (sink != NULL && sink->outgoing != NULL) return 0;
+  return ember__tensor_fail(
+      EMBER_EINVAL,
+      "backward: the graph reaches a tensor received over RPC in "
+      "distributed autograd context %lld:%lld (from worker %lld); use "
+      "dist_autograd.backward(ctx, {loss}) inside that context",
+      (long long)(node->ints[1] >> 40),
+      (long long)(node->ints[1] & ((INT64_C(1) << 40) - 1)),
+      (long long)node->ints[0]);
+}
+
 static int recv_apply(ember_node_t *node, const ember_tensor_t *grad_out,
                       ember_tensor_t **grads_in) {
   (void)grads_in;
   const ember_grad_sink_t *sink = ember_backward_sink();
-  if (sink == NULL || sink->outgoing == NULL) {
-    return ember__tensor_fail(
-        EMBER_EINVAL,
-        "backward: the graph reaches a tensor received over RPC in "
-        "distributed autograd context %lld:%lld (from worker %lld); use "
-        "dist_autograd.backward(ctx, {loss}) inside that context",
-        (long long)(node->ints[1] >> 40),
-        (long long)(node->ints[1] & ((INT64_C(1) << 40) - 1)),
-        (long long)node->ints[0]);
-  }
-  return sink->outgoing(sink->user, node, grad_out);
+  int rc = recv_check(node, sink);
+  return rc != 0 ? rc : sink->outgoing(sink->user, node, grad_out);
 }
 
 static const ember_node_kind_t recv_kind = {"RecvRpcBackward", recv_apply};
@@ -43,6 +46,7 @@ int ember_dist_attach_recv(ember_tensor_t *t, const ember_recv_info_t *info) {
   }
   ember_node_t *node = ember_autograd_record(t, &recv_kind, NULL, 0);
   if (node == NULL) return EMBER_ENOMEM;
+  node->check = recv_check;
   node->ints[0] = info->worker;
   node->ints[1] = info->context_id;
   node->ints[2] = info->send_id;

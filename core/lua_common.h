@@ -103,7 +103,7 @@ ember_lua_tensor_box_t *ember__lua_tensor_box_at(lua_State *L, int index);
 
 /* Pushes t as a tensor userdata, taking the caller's reference (NULL raises
 ** the tensor core's error). A leaf that requires grad comes back as the
-** userdata Lua already holds for it, if any. */
+** userdata it was registered with (ember__lua_intern_leaf), if Lua holds it. */
 void ember__lua_push_tensor(lua_State *L, ember_tensor_t *t);
 /* Registers the tensor at index, if a leaf that requires grad, as the one
 ** userdata of its tensor (see ember__lua_push_tensor). */

@@ -50,11 +50,12 @@ void ember__lua_account_tensor(lua_State *L, const ember_tensor_t *t) {
 }
 
 /*
-** A leaf that requires grad (a parameter) is one Lua value for as long as
-** Lua holds it: tables keyed by parameters (an optimizer's state, the
-** gradients of a distributed autograd context) find it again when C hands
-** it back. A weak table maps the C tensor to its box; a box in it holds its
-** tensor, so the address is not reused while the entry lives.
+** A leaf that requires grad (a parameter) keeps the Lua value it got when
+** it started to require grad (or arrived): when C hands it back to Lua as a
+** table key (the gradients of a distributed autograd context), it is that
+** value, so `grads[param]` finds it. A weak table maps the C tensor to its
+** box; a box in it holds its tensor, so the address is not reused while the
+** entry lives.
 */
 static int is_grad_leaf(const ember_tensor_t *t) {
   return t->requires_grad && t->grad_fn == NULL;
@@ -97,16 +98,18 @@ static void push_tensor(lua_State *L, ember_tensor_t *t) {
     lua_concat(L, 2);
     lua_error(L);
   }
-  if (is_grad_leaf(t) && push_interned(L, t)) return;
   tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = t;
   luaL_setmetatable(L, TENSOR_METATABLE);
   ember__lua_account_tensor(L, t);
-  if (is_grad_leaf(t)) ember__lua_intern_leaf(L, -1);
 }
 
+/* Ops give new userdata (a result closed with <close> is the caller's own
+** to close); C that hands a parameter back to Lua uses this. */
 void ember__lua_push_tensor(lua_State *L, ember_tensor_t *t) {
+  if (t != NULL && is_grad_leaf(t) && push_interned(L, t)) return;
   push_tensor(L, t);
+  if (is_grad_leaf(t)) ember__lua_intern_leaf(L, -1);
 }
 
 static ember_tensor_t *to_tensor(lua_State *L, int index) {

@@ -56,9 +56,33 @@ describe("dist_autograd", function()
     local r = w[0].results
     assert.matches("^dist_autograd.backward: worker 'emb' failed its part of " ..
       "the backward pass: .*worker 'dec' %(id 2%) was lost", r.error)
+    assert.equal("EPEERLOST", r.error_code, text)
     assert.is_true(tonumber(r.seconds) < 1, text)
     assert.equal("42", r.emb_alive, text)
     assert.equal("0", r.contexts, text)
+  end)
+
+  it("keeps PyTorch's rules across workers", function()
+    local w = run_world("rules", 3)
+    assert_all_ok(w)
+    local r = w[0].results
+    local text = describe_world(w)
+    -- Received in context X, used in Y: q's gradient in Y, x's in X.
+    assert.equal("1.0,2.0", r.cross_q_in_y, text)
+    assert.equal("nil", r.cross_x_in_y)
+    assert.equal("10.0,20.0", r.cross_x_in_x)
+    assert.equal("3.0,3.0", r.packed_grad)
+    assert.equal("6.0,6.0", r.twice_retained)
+    assert.matches("roots%[1%] already ran a backward pass in this context; " ..
+      "pass retain_graph=true", r.third_time)
+    assert.equal("4.0,8.0", r.rref_retained) -- 2W, twice
+    assert.equal("0,0,0", r.late_contexts)
+    assert.matches("context 0:%d+ is closed on worker 'emb'; a call made in " ..
+      "it after it closed is refused", r.refused)
+    assert.matches("^DistributedOptimizer: making the optimizer on worker " ..
+      "'emb': .*SGD: invalid lr %-1", r.bad_option)
+    assert.matches("^DistributedOptimizer:step: the optimizer on worker 'emb' " ..
+      "failed: no distributed autograd context 0:%d+ on this worker", r.closed_step)
   end)
 
   it("keeps its rules on one worker", function()
@@ -96,6 +120,7 @@ describe("dist_autograd", function()
     assert.matches("the value is a string, not a tensor", r.rref_backward_not_tensor)
     -- Functions of a class held by a global are found by reference.
     assert.equal("42", r.class_function)
+    assert.equal("-1.0", r.param_after_close)
     assert.equal("0", r.contexts_end)
   end)
 end)

@@ -20,8 +20,9 @@
 -- from those sends the same way, before answering. The backward returns
 -- when the whole distributed graph is done, or raises the first failure,
 -- naming the worker. This is PyTorch's "FAST mode": a subgraph reached from
--- several sends is walked once per send, so graphs are kept (retain_graph
--- is implied) until the context closes and their tensors are dropped.
+-- several sends is walked once per send, so graphs are kept until the
+-- context closes and their tensors are dropped; what retain_graph=false
+-- still does is refuse a second backward from the same root.
 --
 -- Closing a context frees it here and, through the workers it exchanged
 -- messages with, everywhere it exists.
@@ -127,8 +128,9 @@ local function walk(v, depth, found, seen)
   end
   if type(v) ~= "table" or seen[v] or depth > MAX_DEPTH then return end
   seen[v] = true
+  -- An RRef's fields are its bookkeeping, not values that travel.
   local mt = getmetatable(v)
-  if mt ~= nil and mt.__pack ~= nil then return end -- RRefs and the like
+  if mt ~= nil and rawget(mt, "__name") == "ember.RRef" then return end
   for k, item in next, v do
     if type(k) == "table" or type(k) == "userdata" then
       walk(k, depth + 1, found, seen)
@@ -199,6 +201,30 @@ local function my_rank()
   return I.state().rank
 end
 
+-- Ids of contexts released here lately: a message of one that was late
+-- (sent by a task whose caller had given up) must not make it again, as
+-- nothing would release it a second time.
+local RELEASED_KEPT = 4096
+local released, released_order = {}, {}
+
+local function remember_released(id)
+  released[id] = true
+  released_order[#released_order + 1] = id
+  if #released_order > RELEASED_KEPT then
+    released[table.remove(released_order, 1)] = nil
+  end
+end
+
+-- The context a request names, made here on its first message.
+local function remote_context(id)
+  if released[id] or id >> SERIAL_BITS == my_rank() then
+    error(("distributed autograd context %s is closed on worker '%s'; a " ..
+      "call made in it after it closed is refused"):format(id_text(id),
+      I.state().name), 0)
+  end
+  return new_context_record(id)
+end
+
 I.set_autograd {
   -- Caller: args of a call made in ctx to worker `to`.
   wrap_request = function(ctx, to, args)
@@ -216,7 +242,7 @@ I.set_autograd {
       error("malformed autograd message: expected {ctx=, first=, tensors=, " ..
         "args=}", 0)
     end
-    local ctx = contexts[args.ctx] or new_context_record(args.ctx)
+    local ctx = contexts[args.ctx] or remote_context(args.ctx)
     record_recvs(ctx, peer, args.first, args.tensors)
     return ctx, args.args
   end,
@@ -242,7 +268,7 @@ end
 function M.new_context()
   local s = I.check_state("dist_autograd.new_context")
   local co = coroutine.running()
-  local outer = I.task_contexts[co]
+  local outer = I.current_context()
   if outer ~= nil then
     error(("dist_autograd.new_context: this task is already in context %s; " ..
       "close it first (contexts do not nest)"):format(id_text(outer.id)), 2)
@@ -263,6 +289,7 @@ local function release(ctx, from)
   if ctx.closed then return end
   ctx.closed = true
   contexts[ctx.id] = nil
+  remember_released(ctx.id)
   live = live - 1
   if ctx.task ~= nil and I.task_contexts[ctx.task] == ctx then
     I.task_contexts[ctx.task] = nil
@@ -309,32 +336,52 @@ end
 
 -- --- Backward ------------------------------------------------------------------------
 
--- Sends each worker the gradients of its sends (one call per worker) and
--- waits until all of them have run their share.
-local function propagate(ctx, outgoing)
+-- The code of an error (a RemoteError's remote code), to keep when it is
+-- wrapped with more context.
+local function code_of(err)
+  if type(err) == "table" then
+    return rawget(err, "remote_code") or rawget(err, "code") or "EREMOTE"
+  end
+  return "EREMOTE"
+end
+
+local function message_of(err)
+  if type(err) == "table" and type(rawget(err, "message")) == "string" then
+    return err.message
+  end
+  return tostring(err)
+end
+
+-- Sends each worker the gradients of its sends (one call per worker and
+-- context: a tensor received in another context sends its gradient to
+-- that one's send, as PyTorch does) and waits until all of them have run
+-- their share.
+local function propagate(outgoing)
   if #outgoing == 0 then return end
-  local by_worker, order = {}, {}
+  local batches, order = {}, {}
   for _, item in ipairs(outgoing) do
-    local batch = by_worker[item.worker]
+    local key = item.worker .. "/" .. item.context
+    local batch = batches[key]
     if batch == nil then
-      batch = { sends = {}, grads = {} }
-      by_worker[item.worker] = batch
-      order[#order + 1] = item.worker
+      batch = { worker = item.worker, context = item.context, sends = {},
+        grads = {} }
+      batches[key] = batch
+      order[#order + 1] = batch
     end
     batch.sends[#batch.sends + 1] = item.send
     batch.grads[#batch.grads + 1] = item.grad
   end
   local calls = {}
-  for i, worker in ipairs(order) do
-    local batch = by_worker[worker]
-    calls[i] = call_plain(worker, "ember:dist_autograd_backward",
-      { ctx.id, batch.sends, batch.grads })
+  for i, batch in ipairs(order) do
+    calls[i] = call_plain(batch.worker, "ember:dist_autograd_backward",
+      { batch.context, batch.sends, batch.grads })
   end
   for i, f in ipairs(futures.collect_all(calls):wait()) do
     local ok, err = pcall(f.wait, f)
     if not ok then
-      error(("worker %s failed its part of the backward pass: %s"):format(
-        worker_name(order[i]), tostring(err)), 0)
+      error(core.new_error(code_of(err), ("worker %s failed its part of the " ..
+        "backward pass: %s"):format(worker_name(order[i].worker),
+        message_of(err))), 0)
     end
   end
 end
@@ -352,7 +399,7 @@ rpc._builtin("dist_autograd_backward", function(id, sends, grads)
       error(("context %s has no send %s"):format(id_text(id), tostring(send)), 0)
     end
   end
-  propagate(ctx, C.backward(ctx.grads, roots, grads, true))
+  propagate(C.backward(ctx.grads, roots, grads, true))
   return true
 end)
 
@@ -380,15 +427,30 @@ end
 
 -- dist_autograd.backward(ctx, roots [, retain_graph]): the distributed
 -- backward pass from roots (one-element tensors, e.g. {loss}); gradients
--- accumulate in the context on every worker the graph reaches.
+-- accumulate in the context on every worker the graph reaches. A root runs
+-- once per context unless retain_graph was given the time before.
 function M.backward(ctx, roots, retain_graph)
   ctx = check_context(ctx, "backward")
   roots = check_roots(roots)
-  local _ = retain_graph -- graphs stay until the context closes (see above)
+  ctx.used_roots = ctx.used_roots or setmetatable({}, { __mode = "k" })
+  for i, t in ipairs(roots) do
+    if ctx.used_roots[t] then
+      error(("dist_autograd.backward: roots[%d] already ran a backward pass " ..
+        "in this context; pass retain_graph=true to the first to run " ..
+        "another"):format(i), 2)
+    end
+  end
   local ok, err = pcall(function()
-    propagate(ctx, C.backward(ctx.grads, roots, nil, true))
+    -- The graph is kept either way: see the top of this file.
+    propagate(C.backward(ctx.grads, roots, nil, true))
   end)
-  if not ok then error("dist_autograd.backward: " .. tostring(err), 2) end
+  if not ok then
+    error(core.new_error(code_of(err), "dist_autograd.backward: " ..
+      message_of(err)), 2)
+  end
+  if not retain_graph then
+    for _, t in ipairs(roots) do ctx.used_roots[t] = true end
+  end
 end
 
 -- dist_autograd.get_gradients(ctx): {tensor = gradient} for the leaves of
@@ -399,6 +461,8 @@ end
 
 -- The gradients of ctx here (nil when the context never reached this
 -- worker), for ember.dist_optim.
+M._id_text = id_text
+
 function M._grad_map(id)
   local ctx = contexts[id]
   return ctx and ctx.grads or nil
@@ -419,7 +483,7 @@ local function local_backward(value, ctx, retain_graph)
 end
 
 rpc._builtin("dist_autograd_rref_backward", function(r, id, retain_graph)
-  return local_backward(r:local_value(), id, retain_graph)
+  return local_backward(r:local_value(), id or nil, retain_graph)
 end)
 
 function M._rref_backward(r, ctx, retain_graph)
@@ -430,8 +494,9 @@ function M._rref_backward(r, ctx, retain_graph)
       type(ctx)), 3)
   end
   if r:is_owner() then return local_backward(r:local_value(), id, retain_graph) end
+  -- false, not nil: a hole would drop what follows from the list.
   return call_plain(r:owner(), "ember:dist_autograd_rref_backward",
-    { r, id, retain_graph == true }):wait()
+    { r, id or false, retain_graph == true }):wait()
 end
 
 -- --- Statistics and the end of the world ----------------------------------------------
@@ -450,6 +515,7 @@ table.insert(I.hooks.closed, function()
     ctx.grads:close()
   end
   contexts, live = {}, 0
+  released, released_order = {}, {}
 end)
 
 return M

@@ -46,7 +46,11 @@ end
 -- for has none), and everything is put back after, whatever happens.
 function LocalOptimizer:step(context_id)
   local grads = dist_autograd._grad_map(context_id)
-  if grads == nil then return false end -- nothing reached this worker
+  if grads == nil then
+    error(("no distributed autograd context %s on this worker (it was " ..
+      "closed, or the forward pass never came here)"):format(
+      dist_autograd._id_text(context_id)), 0)
+  end
   local hidden = {}
   for _, p in ipairs(self.params) do
     if grads:get(p) == nil and p.grad ~= nil then
@@ -62,11 +66,25 @@ function LocalOptimizer:step(context_id)
   return true
 end
 
+-- How many parameters it steps (the caller waits for this to know it was
+-- made).
+function LocalOptimizer:size()
+  return #self.params
+end
+
 -- --- On the caller ------------------------------------------------------------------------
 
 local DistributedOptimizer = {}
 DistributedOptimizer.__index = DistributedOptimizer
 dist_optim.DistributedOptimizer_class = DistributedOptimizer
+
+-- A remote error's message without its traceback.
+local function message_of(err)
+  if type(err) == "table" and type(rawget(err, "message")) == "string" then
+    return err.message
+  end
+  return tostring(err)
+end
 
 local function is_rref(v)
   return type(v) == "table" and type(v.owner) == "function" and
@@ -108,13 +126,33 @@ function dist_optim.DistributedOptimizer(optim_class, param_rrefs, opts)
   local self = setmetatable({ owners = owners, optimizers = {} },
     DistributedOptimizer)
   local me = rpc.get_worker_info().id
+  local made, made_by = {}, {}
   for _, owner in ipairs(owners) do
-    if owner == me then
-      self.optimizers[owner] = dist_optim._new_local(optim_class,
-        by_owner[owner], opts)
-    else
-      self.optimizers[owner] = dist_autograd._without_context(rpc.remote,
-        owner, dist_optim._new_local, { optim_class, by_owner[owner], opts or {} })
+    if owner ~= me then
+      local r = dist_autograd._without_context(rpc.remote, owner,
+        dist_optim._new_local, { optim_class, by_owner[owner], opts or {} })
+      self.optimizers[owner] = r
+      made[#made + 1] = dist_autograd._without_context(function()
+        return r:rpc_async():size()
+      end)
+      made_by[#made] = r:owner_name()
+    end
+  end
+  if by_owner[me] ~= nil then
+    local ok, result = pcall(dist_optim._new_local, optim_class, by_owner[me],
+      opts)
+    if not ok then
+      error(("DistributedOptimizer: making the optimizer on this worker: %s")
+        :format(tostring(result)), 2)
+    end
+    self.optimizers[me] = result
+  end
+  -- As PyTorch does: a bad option fails here, not at the first step.
+  for i, f in ipairs(futures.collect_all(made):wait()) do
+    local ok, err = pcall(f.wait, f)
+    if not ok then
+      error(("DistributedOptimizer: making the optimizer on worker '%s': %s")
+        :format(made_by[i], message_of(err)), 2)
     end
   end
   return self
@@ -153,7 +191,7 @@ function DistributedOptimizer:step(ctx)
       local ok, err = pcall(f.wait, f)
       if not ok then
         error(("DistributedOptimizer:step: the optimizer on worker '%s' " ..
-          "failed: %s"):format(names[i], tostring(err)), 2)
+          "failed: %s"):format(names[i], message_of(err)), 2)
       end
     end
   end

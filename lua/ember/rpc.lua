@@ -431,8 +431,12 @@ end
 local task_contexts = setmetatable({}, { __mode = "k" })
 local autograd = nil
 
+-- A context closed while the task still runs (its caller gave up waiting)
+-- is no context: what the task does from then on is not recorded.
 local function current_context()
-  return task_contexts[coroutine.running()]
+  local ctx = task_contexts[coroutine.running()]
+  if ctx ~= nil and ctx.closed then return nil end
+  return ctx
 end
 
 -- Runs fn(args) for a request: in the autograd context it came with, if any.
@@ -1120,7 +1124,7 @@ end
 -- autograd context: its tensors are the caller's, graph and all).
 local function call_self(fn, args, ctx)
   return spawn(function()
-    task_contexts[coroutine.running()] = ctx
+    if ctx ~= nil then task_contexts[coroutine.running()] = ctx end
     local ok, result = xpcall(run_function, to_remote_error, fn, args)
     if not ok then error(result, 0) end
     return result

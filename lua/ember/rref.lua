@@ -60,7 +60,7 @@ local function start_value(rec, fn, args)
   rec.started = true
   local ctx = I.current_context() -- made in an autograd context: stays in it
   spawn(function()
-    I.task_contexts[coroutine.running()] = ctx
+    if ctx ~= nil then I.task_contexts[coroutine.running()] = ctx end
     local ok, result = xpcall(I.run_function, I.to_remote_error, fn, args)
     if ok then rec.future:set_result(result) else rec.future:set_exception(result) end
   end)

@@ -156,6 +156,7 @@ static void test_recv_node_and_map(void) {
   /* A plain backward cannot cross workers, and says what to use. */
   CHECK(ember_backward(loss, NULL, 1) < 0);
   CHECK(strstr(ember_tensor_error(), "dist_autograd.backward") != NULL);
+  CHECK(w->grad == NULL); /* refused before anything ran */
   CHECK(strstr(ember_tensor_error(), "context 0:77") != NULL);
 
   ember_grad_outbox_clear(&out);
