@@ -351,6 +351,7 @@ local function message_of(err)
   end
   return tostring(err)
 end
+M._message_of = message_of
 
 -- Sends each worker the gradients of its sends (one call per worker and
 -- context: a tensor received in another context sends its gradient to

@@ -79,12 +79,7 @@ DistributedOptimizer.__index = DistributedOptimizer
 dist_optim.DistributedOptimizer_class = DistributedOptimizer
 
 -- A remote error's message without its traceback.
-local function message_of(err)
-  if type(err) == "table" and type(rawget(err, "message")) == "string" then
-    return err.message
-  end
-  return tostring(err)
-end
+local message_of = dist_autograd._message_of
 
 local function is_rref(v)
   return type(v) == "table" and type(v.owner) == "function" and
