@@ -7,6 +7,7 @@
 
 #include "dist_autograd.h"
 #include "error.h"
+#include "rref.h" /* context ids are laid out as RRef ids */
 
 /* --- RecvRpcBackward ---------------------------------------------------------- */
 
@@ -19,8 +20,8 @@ static int recv_check(const ember_node_t *node, const ember_grad_sink_t *sink) {
       "backward: the graph reaches a tensor received over RPC in "
       "distributed autograd context %lld:%lld (from worker %lld); use "
       "dist_autograd.backward(ctx, {loss}) inside that context",
-      (long long)(node->ints[1] >> 40),
-      (long long)(node->ints[1] & ((INT64_C(1) << 40) - 1)),
+      (long long)(node->ints[1] >> EMBER_RREF_SERIAL_BITS),
+      (long long)(node->ints[1] & ((INT64_C(1) << EMBER_RREF_SERIAL_BITS) - 1)),
       (long long)node->ints[0]);
 }
 

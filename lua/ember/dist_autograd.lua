@@ -43,7 +43,7 @@ local live = 0
 local serial = 0
 
 -- Ids are (worker rank << 40) | serial, unique across the world.
-local SERIAL_BITS = 40
+local id_text = I.id_text
 
 local Context = {}
 Context.__index = Context
@@ -53,10 +53,6 @@ local function worker_name(rank)
   local s = I.state()
   local info = s and s.workers[rank]
   return info and ("'" .. info.name .. "'") or ("worker " .. tostring(rank))
-end
-
-local function id_text(id)
-  return ("%d:%d"):format(id >> SERIAL_BITS, id & ((1 << SERIAL_BITS) - 1))
 end
 
 function Context.__tostring(ctx)
@@ -217,7 +213,7 @@ end
 
 -- The context a request names, made here on its first message.
 local function remote_context(id)
-  if released[id] or id >> SERIAL_BITS == my_rank() then
+  if released[id] or I.id_creator(id) == my_rank() then
     error(("distributed autograd context %s is closed on worker '%s'; a " ..
       "call made in it after it closed is refused"):format(id_text(id),
       I.state().name), 0)
@@ -274,7 +270,7 @@ function M.new_context()
       "close it first (contexts do not nest)"):format(id_text(outer.id)), 2)
   end
   serial = serial + 1
-  local ctx = new_context_record((s.rank << SERIAL_BITS) | serial)
+  local ctx = new_context_record(I.new_id(s.rank, serial))
   ctx.task = co
   I.task_contexts[co] = ctx
   return ctx
@@ -462,8 +458,6 @@ end
 
 -- The gradients of ctx here (nil when the context never reached this
 -- worker), for ember.dist_optim.
-M._id_text = id_text
-
 function M._grad_map(id)
   local ctx = contexts[id]
   return ctx and ctx.grads or nil

@@ -49,7 +49,7 @@ function LocalOptimizer:step(context_id)
   if grads == nil then
     error(("no distributed autograd context %s on this worker (it was " ..
       "closed, or the forward pass never came here)"):format(
-      dist_autograd._id_text(context_id)), 0)
+      rpc._internal.id_text(context_id)), 0)
   end
   local hidden = {}
   for _, p in ipairs(self.params) do

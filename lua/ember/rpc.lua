@@ -1245,8 +1245,24 @@ end)
 
 -- --- Extensions ------------------------------------------------------------------
 
+-- Ids a worker makes that are unique in the world (RRefs, distributed
+-- autograd contexts): (the maker's rank << 40) | serial, as core/rref.h
+-- lays them out; shown as "rank:serial".
+local ID_SERIAL_BITS = 40
+
+local function id_creator(id)
+  return id >> ID_SERIAL_BITS
+end
+
+local function id_text(id)
+  return ("%d:%d"):format(id_creator(id), id & ((1 << ID_SERIAL_BITS) - 1))
+end
+
 -- What the other parts of ember.rpc share with this module.
 rpc._internal = {
+  id_creator = id_creator,
+  id_text = id_text,
+  new_id = function(rank, serial) return (rank << ID_SERIAL_BITS) | serial end,
   send_to = send_to,
   hooks = hooks,
   state = function() return state end,

@@ -26,15 +26,7 @@ RRef.__name = "ember.RRef"
 local state_or_fail = I.check_state
 
 -- Ids are (creating worker << 40) | serial (core/rref.h).
-local SERIAL_BITS = 40
-
-local function creator_of(id)
-  return id >> SERIAL_BITS
-end
-
-local function id_text(id)
-  return ("%d:%d"):format(creator_of(id), id & ((1 << SERIAL_BITS) - 1))
-end
+local creator_of, id_text = I.id_creator, I.id_text
 
 local function worker_name(s, id)
   local info = s and s.workers[id]
