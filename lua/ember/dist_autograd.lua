@@ -67,6 +67,7 @@ local function new_context_record(id)
     sends = {},           -- send id -> the tensor sent
     next_send = 0,
     peers = {},           -- ranks this context exchanged messages with
+    used_roots = setmetatable({}, { __mode = "k" }), -- ran without retain
     closed = false,
   }, Context)
   contexts[id] = ctx
@@ -429,7 +430,6 @@ end
 function M.backward(ctx, roots, retain_graph)
   ctx = check_context(ctx, "backward")
   roots = check_roots(roots)
-  ctx.used_roots = ctx.used_roots or setmetatable({}, { __mode = "k" })
   for i, t in ipairs(roots) do
     if ctx.used_roots[t] then
       error(("dist_autograd.backward: roots[%d] already ran a backward pass " ..
