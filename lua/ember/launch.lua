@@ -21,6 +21,9 @@ options:
   --master HOST:PORT      where rank 0 listens; default 127.0.0.1 and a free
                           port when there is one node; needed with more
                           (or MASTER_ADDR and MASTER_PORT in the environment)
+  --listen ADDR           the address workers accept connections on when
+                          there is no EMBER_SECRET (sets EMBER_LISTEN);
+                          without it they accept only loopback peers
   --grace SECONDS         when a worker fails, how long the others may run
                           before they are stopped (default 10)
   -h, --help              show this help
@@ -46,6 +49,7 @@ local OPTION_FIELDS = {
   ["--node-rank"] = "node_rank", ["--node_rank"] = "node_rank",
   ["--master"] = "master",
   ["--grace"] = "grace",
+  ["--listen"] = "listen",
 }
 
 -- Scheduler environments in which one launcher runs per task.
@@ -101,6 +105,12 @@ local CHECKS = {
       return nil, "a number of seconds >= 0"
     end
     return seconds
+  end,
+  listen = function(value)
+    if not value:match("^[%w%.:%-]+$") then
+      return nil, "an address such as 0.0.0.0 or 10.0.0.5"
+    end
+    return value
   end,
   master = function(value)
     local host, port = launch.parse_address(value)
@@ -225,6 +235,7 @@ local function worker_list(plan, local_base)
         MASTER_ADDR = plan.master_addr,
         MASTER_PORT = tostring(plan.master_port),
         EMBER_LAUNCHED = "1",
+        EMBER_LISTEN = plan.listen,
       },
     }
   end
@@ -257,6 +268,7 @@ function launch.plan(opts, system)
     node_rank = opts.node_rank or (scheduler and scheduler.rank) or 0,
     nproc = opts.nproc or (scheduler and 1) or nil,
     grace = opts.grace,
+    listen = opts.listen,
     scheduler = scheduler and scheduler.name or nil,
   }
   if plan.nproc == nil then

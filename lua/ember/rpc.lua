@@ -653,6 +653,75 @@ local function apply_device_maps(o, s, records)
   end
 end
 
+local function is_loopback(host)
+  return host == "localhost" or host:match("^127%.") ~= nil or host == "::1"
+end
+
+local function is_wildcard(host)
+  return host == "0.0.0.0" or host == "::"
+end
+
+-- The listen rule (the README's trust model): a worker with a secret accepts
+-- connections from anywhere, since every peer must prove the secret; one
+-- without a secret accepts them on loopback only, unless `listen` (--listen,
+-- EMBER_LISTEN) names the address to accept unauthenticated peers on.
+local function check_reachable(o, fname)
+  if o.secret or o.listen or is_loopback(o.master_addr) then return end
+  fail("EINVAL", "%s: the world's master %s is not on this host's loopback, "
+    .. "but without a secret this worker accepts connections on loopback "
+    .. "only: set EMBER_SECRET (the same on every worker) so that peers must "
+    .. "prove it, or name the address to accept unauthenticated peers on with "
+    .. "--listen ADDR (EMBER_LISTEN, or the listen= option)", fname,
+    o.master_addr)
+end
+
+-- Which address peers reach us at, and which one to listen on.
+local function listen_address(o, store)
+  local bind = o.listen
+  if bind == nil then
+    bind = (o.secret and not is_loopback(o.master_addr)) and "0.0.0.0"
+      or "127.0.0.1"
+  end
+  if o.host then return o.host, bind end
+  if not is_wildcard(bind) then return bind, bind end
+  local ok, address = pcall(store.local_address, store)
+  if ok and address then return address, bind end
+  error("init_rpc: cannot tell this worker's address; set EMBER_HOST", 3)
+end
+
+-- One line at start-up on what the worker accepts connections from.
+local function announce_listening(o, name, bind, port)
+  local where = ("%s:%d"):format(bind, port)
+  if o.secret then
+    if o.rank == 0 then
+      io.stderr:write(("ember: peers must prove EMBER_SECRET; '%s' listens "
+        .. "on %s\n"):format(name, where))
+    end
+  elseif not is_loopback(bind) then
+    io.stderr:write(("ember: warning: no EMBER_SECRET: '%s' accepts "
+      .. "unauthenticated peers on %s (--listen); any host that reaches it "
+      .. "can call its reachable functions\n"):format(name, where))
+  elseif o.rank == 0 then
+    io.stderr:write(("ember: no EMBER_SECRET: workers accept connections on "
+      .. "loopback only ('%s' on %s); --listen ADDR or EMBER_SECRET for "
+      .. "other hosts\n"):format(name, where))
+  end
+end
+
+-- The listen= option, or EMBER_LISTEN: an address to bind, or nil.
+local function read_listen(opts, fname)
+  local listen = opts.listen
+  if listen == nil then listen = os.getenv("EMBER_LISTEN") end
+  if listen == "" then listen = nil end
+  if listen ~= nil and (type(listen) ~= "string" or
+      not listen:match("^[%w%.:%-]+$")) then
+    fail("EINVAL", "%s: listen must be an address such as 0.0.0.0 or "
+      .. "10.0.0.5, got %s", fname, type(listen) == "string"
+      and ("'" .. listen .. "'") or type(listen))
+  end
+  return listen
+end
+
 local function read_options(name, opts)
   if type(name) ~= "string" or name == "" then
     error("init_rpc: name must be a non-empty string", 3)
@@ -687,6 +756,7 @@ local function read_options(name, opts)
   o.init_timeout = opts.init_timeout or (o.timeout > 0 and o.timeout or FOREVER)
   o.secret = opts.secret or os.getenv("EMBER_SECRET")
   if o.secret == "" then o.secret = nil end
+  o.listen = read_listen(opts, "init_rpc")
   o.on_peer_lost = opts.on_peer_lost
   if o.on_peer_lost ~= nil and type(o.on_peer_lost) ~= "function" then
     error("init_rpc: on_peer_lost must be a function", 3)
@@ -700,19 +770,6 @@ local function read_options(name, opts)
   o.busy_poll_us = read_busy_poll(opts, "init_rpc")
   o.device_maps = read_device_maps(opts.device_maps)
   return o
-end
-
-local function is_loopback(host)
-  return host == "localhost" or host:match("^127%.") ~= nil or host == "::1"
-end
-
--- Which address peers reach us at, and which one to listen on.
-local function listen_address(o, store)
-  if o.host then return o.host, o.host end
-  if is_loopback(o.master_addr) then return "127.0.0.1", "127.0.0.1" end
-  local ok, address = pcall(store.local_address, store)
-  if ok and address then return address, "0.0.0.0" end
-  error("init_rpc: cannot tell this worker's address; set EMBER_HOST", 3)
 end
 
 local function worker_key(rank) return "ember/worker/" .. rank end
@@ -864,8 +921,10 @@ local function new_agent(name, id, o)
 end
 
 -- rpc.init_rpc(name, {rank=, world_size=, master_addr=, master_port=,
--- timeout=, secret=, on_peer_lost=, busy_poll_us=, device_maps=}): joins the
--- world; returns when every worker has joined.
+-- timeout=, secret=, listen=, on_peer_lost=, busy_poll_us=, device_maps=}):
+-- joins the world; returns when every worker has joined. Without a secret
+-- the worker accepts connections on loopback only unless `listen` (default
+-- EMBER_LISTEN, which `ember launch --listen` sets) names another address.
 function rpc.init_rpc(name, opts)
   if state ~= nil then
     error(("init_rpc: already initialised as '%s'"):format(state.name), 2)
@@ -876,6 +935,7 @@ function rpc.init_rpc(name, opts)
     workers = {}, by_name = {}, addresses = {}, early = {}, clients = {},
     joining = {} }
   local ok, err = pcall(function()
+    check_reachable(o, "init_rpc")
     if o.rank == 0 then
       s.server = core.store_serve(is_loopback(o.master_addr) and
         o.master_addr or "0.0.0.0", o.master_port)
@@ -890,6 +950,7 @@ function rpc.init_rpc(name, opts)
       s.store:set(WORLD_SIZE_KEY, tostring(o.world_size)):wait()
     end
     local port = s.agent:listen(bind, 0)
+    announce_listening(o, name, bind, port)
     s.store:set(worker_key(o.rank), string.pack("s4s4I4s4", name, advertised,
       port, device_record(o))):wait()
     local keys = wait_for_world(o, s.store)
@@ -936,6 +997,7 @@ local function read_join_options(address, opts)
     secret = opts.secret or os.getenv("EMBER_SECRET"),
     host = opts.host or os.getenv("EMBER_HOST"),
     on_peer_lost = opts.on_peer_lost }
+  o.listen = read_listen(opts, "join")
   for _, field in ipairs { "timeout", "init_timeout" } do
     if type(o[field]) ~= "number" or o[field] ~= o[field] or o[field] < 0 then
       error(("join: %s must be a number of seconds >= 0"):format(field), 3)
@@ -967,6 +1029,7 @@ end
 
 local function join_world(o, s)
   local where = o.master_addr .. ":" .. o.master_port
+  check_reachable(o, "join")
   local ok, store = pcall(function()
     return core.store_connect(o.master_addr, o.master_port,
       o.init_timeout):wait()
@@ -1014,7 +1077,7 @@ local function join_world(o, s)
     :wait()
 end
 
--- rpc.join("HOST:PORT", {name=, secret=, timeout=, init_timeout=,
+-- rpc.join("HOST:PORT", {name=, secret=, listen=, timeout=, init_timeout=,
 -- on_peer_lost=}): joins the running world whose rank 0 serves its store at
 -- HOST:PORT (MASTER_ADDR:MASTER_PORT) as a client, an extra member with a
 -- fresh id from world_size up. `name` is a string or a function of the id
