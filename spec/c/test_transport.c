@@ -573,8 +573,9 @@ static void on_request(void *user, int peer, ember_frame_t *frame) {
   ember_frame_free(frame);
 }
 
-static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
-                       int id, int *port) {
+static void make_agent_with(ember_loop_t *loop, server_t *server,
+                            const char *name, int id, const char *faults,
+                            int *port) {
   ember_transport_opts_t opts;
   ember_agent_callbacks_t cb;
   memset(&cb, 0, sizeof(cb));
@@ -585,10 +586,54 @@ static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
   opts.name = name;
   opts.id = id;
   opts.secret = NULL;
+  opts.faults = faults;
   ember_wire_default_limits(&opts.limits);
   CHECK(ember_agent_new(loop, &opts, &cb, &server->agent) == 0);
   CHECK(ember_transport_listen(ember_agent_transport(server->agent),
                                "127.0.0.1", 0, port) == 0);
+}
+
+static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
+                       int id, int *port) {
+  make_agent_with(loop, server, name, id, NULL, port);
+}
+
+/* A call whose request is lost is never sent again: it times out, and the
+** function did not run. The next call goes through. */
+static void test_agent_never_retries_calls(void) {
+  ember_loop_t *loop;
+  server_t a = {0}, b = {0};
+  int pa, pb;
+  ember_wire_msg_t msg;
+  ember_future_t *lost, *ok;
+  const ember_payload_type_t *type;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_agent_with(loop, &a, "a", 0, "drop:request:1", &pa);
+  make_agent(loop, &b, "b", 1, &pb);
+  CHECK(ember_transport_add_peer(ember_agent_transport(a.agent), 1, "b",
+                                 "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(ember_agent_transport(b.agent), 0, "a",
+                                 "127.0.0.1", pa) == 0);
+  b.answer = 1;
+  ember_wire_msg_init(&msg);
+  CHECK(ember_wire_msg_write(&msg, "\xc0", 1) == 0);
+  CHECK(ember_agent_call(a.agent, 1, &msg, 300, &lost) == 0);
+  CHECK(ember_loop_run_until(loop, lost) == 0);
+  CHECK_EQ(ember_future_error_code(lost), UV_ETIMEDOUT);
+  CHECK(strstr(ember_future_payload(lost, &type), "worker 'b'") != NULL);
+  ember_future_release(lost);
+  CHECK_EQ(b.requests, 0);
+  ember_wire_msg_init(&msg);
+  CHECK(ember_wire_msg_write(&msg, "\x07", 1) == 0);
+  CHECK(ember_agent_call(a.agent, 1, &msg, 2000, &ok) == 0);
+  CHECK(ember_loop_run_until(loop, ok) == 0);
+  CHECK_EQ(ember_future_state(ok), EMBER_FUTURE_DONE);
+  ember_future_release(ok);
+  CHECK_EQ(b.requests, 1);
+  ember_agent_close(a.agent);
+  ember_agent_close(b.agent);
+  CHECK(ember_loop_close(loop) == 0);
+  CHECK_EQ(ember_future_live_count(), 0);
 }
 
 static void test_agent_calls_and_timeouts(void) {
@@ -652,4 +697,5 @@ CHECK_MAIN(CHECK_TEST(test_frames_both_ways),
            CHECK_TEST(test_idle_connection_is_not_lost),
            CHECK_TEST(test_bad_liveness_options),
            CHECK_TEST(test_faults_drop_and_delay),
-           CHECK_TEST(test_goodbye_is_resent_until_acknowledged))
+           CHECK_TEST(test_goodbye_is_resent_until_acknowledged),
+           CHECK_TEST(test_agent_never_retries_calls))
