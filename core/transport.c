@@ -665,8 +665,7 @@ static void send_control(ember_transport_t *t, conn_t *conn, int kind) {
 static void liveness_cb(uv_timer_t *handle) {
   ember_transport_t *t = ((aux_timer_t *)handle->data)->t;
   uint64_t now = loop_now(t);
-  int stalled = t->last_tick_ms != 0 &&
-                now - t->last_tick_ms > t->hb_window_ms / 2;
+  int stalled = now - t->last_tick_ms > t->hb_window_ms / 2;
   t->last_tick_ms = now;
   for (int i = 0; i < t->peer_count && !t->closing; i++) {
     peer_t *peer = t->peers[i];
@@ -714,6 +713,7 @@ static int start_liveness(ember_transport_t *t,
     tick = LIVENESS_TICK_MAX_MS;
   if (tick == 0)
     tick = 1;
+  t->last_tick_ms = loop_now(t); /* a first tick that comes late is a stall */
   uv_timer_start(&t->liveness_timer.timer, liveness_cb, tick, tick);
   /* Heartbeats alone do not keep the loop running. */
   uv_unref((uv_handle_t *)&t->liveness_timer.timer);
