@@ -38,6 +38,10 @@ struct ember_agent_s {
   size_t heap_len, heap_cap;
   uv_timer_t timer;
   uint64_t timer_due; /* the deadline the timer is set for; 0 when stopped */
+  /* Resends RRef control messages that wait for an answer (see rref.h). */
+  uv_timer_t resend_timer;
+  ember_handle_owner_t resend_owner;
+  int timers_open; /* freed when both timers have closed */
   counters_t total;
   counters_t *per_peer;
   int per_peer_count;
@@ -454,6 +458,7 @@ static void on_frame(void *user, int peer, ember_frame_t *frame) {
   case EMBER_MSG_RREF_DELETE:
   case EMBER_MSG_RREF_DELETE_ACK:
   case EMBER_MSG_RREF_CHILD_ACCEPT:
+  case EMBER_MSG_RREF_CHILD_ACCEPT_ACK:
     on_rref_frame(agent, peer, frame);
     return;
   default:
@@ -532,12 +537,34 @@ static void on_rref_released(void *user, ember_rref_id_t rref) {
     agent->cb.on_rref_released(agent->cb.user, rref);
 }
 
+static uint64_t rref_clock(void *user) {
+  ember_agent_t *agent = user;
+  return uv_now(ember_loop_uv(agent->loop));
+}
+
+static void resend_cb(uv_timer_t *handle) {
+  ember_agent_t *agent = (ember_agent_t *)((char *)handle -
+                                           offsetof(ember_agent_t,
+                                                    resend_timer));
+  if (agent->rrefs != NULL)
+    ember_rrefs_resend(agent->rrefs, uv_now(ember_loop_uv(agent->loop)));
+}
+
 /* --- Life cycle --------------------------------------------------------------- */
 
+static void agent_timer_closed(ember_agent_t *agent) {
+  if (--agent->timers_open == 0)
+    free(agent);
+}
+
 static void timer_close_cb(uv_handle_t *handle) {
-  ember_agent_t *agent = (ember_agent_t *)((char *)handle -
-                                           offsetof(ember_agent_t, timer));
-  free(agent);
+  agent_timer_closed((ember_agent_t *)((char *)handle -
+                                       offsetof(ember_agent_t, timer)));
+}
+
+static void resend_close_cb(uv_handle_t *handle) {
+  agent_timer_closed((ember_agent_t *)((char *)handle -
+                                       offsetof(ember_agent_t, resend_timer)));
 }
 
 int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
@@ -554,6 +581,7 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   rops.user = agent;
   rops.send = send_rref_frame;
   rops.on_released = on_rref_released;
+  rops.now_ms = rref_clock;
   if ((agent->rrefs = ember_rrefs_new(opts->id, &rops)) == NULL) {
     free(agent);
     return EMBER_ENOMEM;
@@ -577,6 +605,14 @@ int ember_agent_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   agent->timer.data = &agent->timer_owner;
   /* The timer alone must not keep the loop running: pending calls do. */
   uv_unref((uv_handle_t *)&agent->timer);
+  agent->resend_owner.close_cb = resend_close_cb;
+  uv_timer_init(ember_loop_uv(loop), &agent->resend_timer);
+  agent->resend_timer.data = &agent->resend_owner;
+  uv_timer_start(&agent->resend_timer, resend_cb, EMBER_RREF_RESEND_MS,
+                 EMBER_RREF_RESEND_MS);
+  /* Nor does resending: whoever waits for the RRefs to settle does. */
+  uv_unref((uv_handle_t *)&agent->resend_timer);
+  agent->timers_open = 2;
   *out = agent;
   return 0;
 }
@@ -639,4 +675,6 @@ void ember_agent_close(ember_agent_t *agent) {
   agent->per_peer_count = 0;
   uv_timer_stop(&agent->timer);
   uv_close((uv_handle_t *)&agent->timer, timer_close_cb);
+  uv_timer_stop(&agent->resend_timer);
+  uv_close((uv_handle_t *)&agent->resend_timer, resend_close_cb);
 }

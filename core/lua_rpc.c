@@ -12,6 +12,7 @@
 
 #include "agent.h"
 #include "error.h"
+#include "faults.h"
 #include "lua_common.h"
 
 #define AGENT_METATABLE "ember.Agent"
@@ -300,7 +301,7 @@ static void read_limits(lua_State *L, int opts, ember_wire_limits_t *limits) {
 ** core.agent_new{name=, id=, secret=, on_request=fn, on_peer_lost=fn,
 ** on_unknown_peer=fn(id, name), on_rref_released=fn(rref id),
 ** busy_poll_us=, max_body=, max_tensors=, max_tensor_bytes=,
-** max_message_bytes=}
+** max_message_bytes=, faults=, heartbeat_interval_ms=, heartbeat_window_ms=}
 */
 static int agent_new(lua_State *L) {
   ember_lua_ctx_t *ctx = EMBER_LUA_CTX(L);
@@ -332,6 +333,12 @@ static int agent_new(lua_State *L) {
     return luaL_error(L, "agent option 'busy_poll_us' must be an integer "
                          "from 0 to 1000000");
   opts.busy_poll_us = (unsigned)busy_poll_us;
+  lua_getfield(L, 1, "faults");
+  opts.faults = lua_tostring(L, -1);
+  opts.heartbeat_interval_ms =
+      (uint32_t)opt_uint(L, 1, "heartbeat_interval_ms", 0, UINT32_MAX);
+  opts.heartbeat_window_ms =
+      (uint32_t)opt_uint(L, 1, "heartbeat_window_ms", 0, UINT32_MAX);
   read_limits(L, 1, &opts.limits);
   box->limits = opts.limits;
   reply_limits = opts.limits;
@@ -360,7 +367,8 @@ static int agent_new(lua_State *L) {
   callbacks.on_unclaimed_reply = on_unclaimed_reply_cb;
   if ((err = ember_agent_new(ctx->loop, &opts, &callbacks, &box->agent)) != 0)
     return ember__lua_raise(L, err, "cannot start the RPC agent: %s",
-                            ember_strerror(err));
+                            err == EMBER_EINVAL ? ember_wire_error()
+                                                : ember_strerror(err));
   lua_settop(L, 2);
   return 1;
 }
@@ -512,6 +520,34 @@ static int agent_goodbye(lua_State *L) {
   return 0;
 }
 
+/* agent:goodbyes_done() -> a future: every GOODBYE acknowledged or given up */
+static int agent_goodbyes_done(lua_State *L) {
+  agent_box_t *box = check_agent(L);
+  ember_future_t *future =
+      ember_transport_goodbyes_done(ember_agent_transport(box->agent));
+  if (future == NULL)
+    return luaL_error(L, "out of memory");
+  ember__lua_push_future(L, future);
+  return 1;
+}
+
+/* Sets t[name] = v on the table at the top. */
+static void set_count(lua_State *L, const char *name, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, name);
+}
+
+/* The transport's own counters: fault injection, heartbeats, goodbyes. */
+static void set_transport_counters(lua_State *L, ember_transport_t *t) {
+  ember_transport_stats_t ts;
+  ember_transport_stats(t, &ts);
+  set_count(L, "faults_dropped", ts.faults_dropped);
+  set_count(L, "faults_delayed", ts.faults_delayed);
+  set_count(L, "heartbeats_sent", ts.heartbeats_sent);
+  set_count(L, "heartbeats_received", ts.heartbeats_received);
+  set_count(L, "goodbyes_resent", ts.goodbyes_resent);
+}
+
 static void set_counters(lua_State *L, const ember_agent_stats_t *s) {
   lua_pushinteger(L, (lua_Integer)s->calls_sent);
   lua_setfield(L, -2, "calls_sent");
@@ -540,6 +576,7 @@ static int agent_stats(lua_State *L) {
   lua_newtable(L);
   ember_agent_stats(box->agent, &s);
   set_counters(L, &s);
+  set_transport_counters(L, t);
   lua_newtable(L);
   for (int id = 0; id < count; id++) {
     ember_peer_stats_t ps;
@@ -558,6 +595,8 @@ static int agent_stats(lua_State *L) {
     lua_setfield(L, -2, "lost");
     lua_pushboolean(L, ps.left);
     lua_setfield(L, -2, "left");
+    set_count(L, "heartbeats_in", ps.heartbeats_in);
+    set_count(L, "heartbeats_out", ps.heartbeats_out);
     lua_rawseti(L, -2, id);
     bytes_in += ps.bytes_in;
     bytes_out += ps.bytes_out;
@@ -604,7 +643,8 @@ static const luaL_Reg agent_methods[] = {
     {"listen", agent_listen},   {"add_peer", agent_add_peer},
     {"call", agent_call},       {"respond", agent_respond},
     {"drained", agent_drained}, {"flushed", agent_flushed},
-    {"goodbye", agent_goodbye}, {"stats", agent_stats},
+    {"goodbye", agent_goodbye}, {"goodbyes_done", agent_goodbyes_done},
+    {"stats", agent_stats},
     {"set_device_map", agent_set_device_map},
     {"close", agent_close},     {NULL, NULL}};
 
@@ -613,7 +653,23 @@ static const luaL_Reg agent_metamethods[] = {{"__gc", agent_close},
                                              {"__tostring", agent_tostring},
                                              {NULL, NULL}};
 
-static const luaL_Reg rpc_funcs[] = {{"agent_new", agent_new}, {NULL, NULL}};
+/* core.check_faults(spec) -> nil, or why the spec is malformed (so that
+** init_rpc can refuse it before it joins the world). */
+static int check_faults(lua_State *L) {
+  const char *spec = luaL_optstring(L, 1, NULL);
+  char why[800];
+  ember_faults_t *faults;
+  int err = ember_faults_parse(spec, &faults, why, sizeof(why));
+  ember_faults_free(faults);
+  if (err == 0)
+    return 0;
+  lua_pushstring(L, err == EMBER_EINVAL ? why : ember_strerror(err));
+  return 1;
+}
+
+static const luaL_Reg rpc_funcs[] = {{"agent_new", agent_new},
+                                     {"check_faults", check_faults},
+                                     {NULL, NULL}};
 
 /* Expects the context at index 1 and the module table at index 2. */
 void ember__lua_open_rpc(lua_State *L) {

@@ -111,7 +111,7 @@ static int rref_settled(lua_State *L) {
   return 1;
 }
 
-/* agent:rref_stats() -> {owners=, forks=, users=, pending=} */
+/* agent:rref_stats() -> {owners=, forks=, users=, pending=, resent=} */
 static int rref_stats(lua_State *L) {
   ember_rrefs_stats_t stats;
   ember_rrefs_stats(rrefs_at(L), &stats);
@@ -124,6 +124,8 @@ static int rref_stats(lua_State *L) {
   lua_setfield(L, -2, "users");
   lua_pushinteger(L, (lua_Integer)stats.pending);
   lua_setfield(L, -2, "pending");
+  lua_pushinteger(L, (lua_Integer)stats.resent);
+  lua_setfield(L, -2, "resent");
   return 1;
 }
 

@@ -114,7 +114,9 @@ typedef struct {
   ember_rref_id_t rref;
   int owner, parent;
   unsigned confirmed : 1, released : 1, deleting : 1;
+  unsigned forking : 1; /* our FORK awaits the owner's CONFIRM */
   uint32_t children; /* forks we sent on, not yet accepted */
+  uint64_t sent_ms;  /* when the FORK or DELETE awaiting an answer went */
 } user_t;
 
 typedef struct {
@@ -124,11 +126,21 @@ typedef struct {
   int owner;  /* the value's owner: it accepts on the child's behalf */
 } child_t;
 
+/* A CHILD_ACCEPT we sent, kept until acknowledged. */
+typedef struct {
+  node_t node; /* key: the accepted fork id */
+  int to;
+  uint64_t sent_ms;
+} accept_t;
+
 struct ember_rrefs_s {
   int self;
   ember_rrefs_ops_t ops;
   uint64_t serial;
   map_t owners, users, children;
+  map_t accepts; /* CHILD_ACCEPTs awaiting their ACK */
+  uint64_t clock_ms; /* the time of the last ember_rrefs_resend */
+  uint64_t resent;
   map_t gone; /* peers lost or left: no fork may be made for them */
   uint64_t fork_total;
   uint64_t deleting;
@@ -187,6 +199,35 @@ static int send_ids(ember_rrefs_t *r, int peer, int kind, uint64_t a,
   return r->ops.send(r->ops.user, peer, kind, &msg);
 }
 
+static uint64_t now_ms(const ember_rrefs_t *r) {
+  return r->ops.now_ms != NULL ? r->ops.now_ms(r->ops.user) : r->clock_ms;
+}
+
+/* Sends CHILD_ACCEPT of `fork` to `to` and keeps it until acknowledged. */
+static void send_accept(ember_rrefs_t *r, int to, uint64_t fork) {
+  accept_t *a = (accept_t *)map_find(&r->accepts, fork);
+  if (send_ids(r, to, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1) != 0)
+    return; /* the peer is gone: nobody waits for it */
+  if (a == NULL) {
+    if ((a = calloc(1, sizeof(*a))) == NULL)
+      return; /* sent once, not kept: at worst its parent's fork leaks */
+    a->node.key = fork;
+    if (map_put(&r->accepts, &a->node) != 0) {
+      free(a);
+      return;
+    }
+    pending_add(r, 1);
+  }
+  a->to = to;
+  a->sent_ms = now_ms(r);
+}
+
+static void accept_free(ember_rrefs_t *r, accept_t *a) {
+  map_remove(&r->accepts, &a->node);
+  free(a);
+  pending_add(r, -1);
+}
+
 /* --- Life cycle ----------------------------------------------------------------- */
 
 ember_rrefs_t *ember_rrefs_new(int self, const ember_rrefs_ops_t *ops) {
@@ -219,6 +260,7 @@ void ember_rrefs_free(ember_rrefs_t *r) {
   free_map(&r->owners, 1);
   free_map(&r->users, 0);
   free_map(&r->children, 0);
+  free_map(&r->accepts, 0);
   free_map(&r->gone, 0);
   free(r->lost_later);
   ember_waiters_complete(&r->settle_waiters);
@@ -311,7 +353,7 @@ static void owner_del_fork(ember_rrefs_t *r, ember_rref_id_t rref,
 void ember_rrefs_owner_received(ember_rrefs_t *r, uint64_t fork, int parent) {
   enter(r);
   if (parent != r->self)
-    send_ids(r, parent, EMBER_MSG_RREF_CHILD_ACCEPT, fork, 0, 1);
+    send_accept(r, parent, fork);
   leave(r);
 }
 
@@ -342,6 +384,7 @@ static void user_try_delete(ember_rrefs_t *r, user_t *u) {
   if (!u->released || !u->confirmed || u->children > 0 || u->deleting)
     return;
   u->deleting = 1;
+  u->sent_ms = now_ms(r);
   r->deleting++;
   pending_add(r, 1);
   if (send_ids(r, u->owner, EMBER_MSG_RREF_DELETE, u->rref, u->node.key, 2) != 0)
@@ -373,9 +416,12 @@ static int user_new(ember_rrefs_t *r, ember_rref_id_t rref, uint64_t fork,
   }
   if (!u->confirmed)
     pending_add(r, 1);
-  if (parent != owner && parent != r->self &&
-      send_ids(r, owner, EMBER_MSG_RREF_FORK, rref, fork, 2) != 0)
-    user_free(r, u); /* the owner is gone; the value with it */
+  if (parent != owner && parent != r->self) {
+    u->forking = 1;
+    u->sent_ms = now_ms(r);
+    if (send_ids(r, owner, EMBER_MSG_RREF_FORK, rref, fork, 2) != 0)
+      user_free(r, u); /* the owner is gone; the value with it */
+  }
   return 0;
 }
 
@@ -394,7 +440,7 @@ static void user_confirm(ember_rrefs_t *r, user_t *u) {
   u->confirmed = 1;
   pending_add(r, -1);
   if (u->parent != u->owner && u->parent != r->self)
-    send_ids(r, u->parent, EMBER_MSG_RREF_CHILD_ACCEPT, u->node.key, 0, 1);
+    send_accept(r, u->parent, u->node.key);
   user_try_delete(r, u);
 }
 
@@ -528,6 +574,12 @@ static void on_child_accept(ember_rrefs_t *r, int peer, uint64_t fork) {
     child_done(r, c);
 }
 
+static void on_child_accept_ack(ember_rrefs_t *r, int peer, uint64_t fork) {
+  accept_t *a = (accept_t *)map_find(&r->accepts, fork);
+  if (a != NULL && a->to == peer)
+    accept_free(r, a);
+}
+
 static void on_confirm(ember_rrefs_t *r, int peer, uint64_t fork) {
   user_t *u = find_user(r, fork);
   if (u != NULL && u->owner == peer)
@@ -556,7 +608,12 @@ int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
     on_delete_ack(r, peer, ids[0]);
     break;
   case EMBER_MSG_RREF_CHILD_ACCEPT:
+    /* Acknowledged every time: the first answer may have been lost. */
+    send_ids(r, peer, EMBER_MSG_RREF_CHILD_ACCEPT_ACK, ids[0], 0, 1);
     on_child_accept(r, peer, ids[0]);
+    break;
+  case EMBER_MSG_RREF_CHILD_ACCEPT_ACK:
+    on_child_accept_ack(r, peer, ids[0]);
     break;
   default:
     err = ember__wire_fail(EMBER_EINVAL, "frame kind %d is not an RRef "
@@ -605,6 +662,13 @@ static void drop_children_at(void *arg, node_t *n) {
     child_done(lost->r, c);
 }
 
+static void drop_accepts_to(void *arg, node_t *n) {
+  lost_t *lost = arg;
+  accept_t *a = (accept_t *)n;
+  if (a->to == lost->peer)
+    accept_free(lost->r, a);
+}
+
 static void drop_peer(ember_rrefs_t *r, int peer) {
   lost_t lost = {r, peer};
   node_t *gone;
@@ -617,6 +681,7 @@ static void drop_peer(ember_rrefs_t *r, int peer) {
   map_each(&r->owners, drop_forks_held_by, &lost);
   map_each(&r->users, drop_users_of, &lost);
   map_each(&r->children, drop_children_at, &lost);
+  map_each(&r->accepts, drop_accepts_to, &lost);
 }
 
 void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer) {
@@ -645,6 +710,7 @@ void ember_rrefs_stats(const ember_rrefs_t *r, ember_rrefs_stats_t *stats) {
   stats->forks = r->fork_total;
   stats->users = r->users.count - r->deleting;
   stats->pending = r->pending;
+  stats->resent = r->resent;
 }
 
 void ember_rrefs_each_held(const ember_rrefs_t *r,
@@ -673,4 +739,55 @@ void ember_rrefs_release_all(ember_rrefs_t *r) {
   enter(r);
   map_each(&r->users, release_one, r);
   leave(r);
+}
+
+/* --- Resending ------------------------------------------------------------------------------ */
+
+typedef struct {
+  ember_rrefs_t *r;
+  uint64_t now;
+  int sent;
+} resend_t;
+
+static int due(const resend_t *rs, uint64_t sent_ms) {
+  return rs->now >= sent_ms && rs->now - sent_ms >= EMBER_RREF_RESEND_MS;
+}
+
+/* A send that fails means the peer is gone: its loss, reported by the
+** transport, drops the record. */
+static void resend_user(void *arg, node_t *n) {
+  resend_t *rs = arg;
+  user_t *u = (user_t *)n;
+  if (u->forking && !u->confirmed && due(rs, u->sent_ms)) {
+    u->sent_ms = rs->now;
+    rs->sent++;
+    send_ids(rs->r, u->owner, EMBER_MSG_RREF_FORK, u->rref, u->node.key, 2);
+  } else if (u->deleting && due(rs, u->sent_ms)) {
+    u->sent_ms = rs->now;
+    rs->sent++;
+    send_ids(rs->r, u->owner, EMBER_MSG_RREF_DELETE, u->rref, u->node.key, 2);
+  }
+}
+
+static void resend_accept(void *arg, node_t *n) {
+  resend_t *rs = arg;
+  accept_t *a = (accept_t *)n;
+  if (!due(rs, a->sent_ms))
+    return;
+  a->sent_ms = rs->now;
+  rs->sent++;
+  send_ids(rs->r, a->to, EMBER_MSG_RREF_CHILD_ACCEPT, a->node.key, 0, 1);
+}
+
+int ember_rrefs_resend(ember_rrefs_t *r, uint64_t now) {
+  resend_t rs = {r, now, 0};
+  r->clock_ms = now;
+  if (r->pending == 0)
+    return 0;
+  enter(r);
+  map_each(&r->users, resend_user, &rs);
+  map_each(&r->accepts, resend_accept, &rs);
+  r->resent += (uint64_t)rs.sent;
+  leave(r);
+  return rs.sent;
 }

@@ -23,9 +23,15 @@
 ** of it is pending. Control message bodies are msgpack arrays of ids.
 **
 ** Every message is idempotent on arrival: a repeated FORK confirms again, a
-** DELETE of an unknown fork is acknowledged, unknown CONFIRMs and ACKs are
-** ignored. A lost peer drops the forks it held, the forks we held of its
-** values, and the children we were waiting for it to accept.
+** DELETE of an unknown fork is acknowledged, a CHILD_ACCEPT is acknowledged
+** (CHILD_ACCEPT_ACK) each time, unknown CONFIRMs and ACKs are ignored. So
+** every message that awaits an answer is simply sent again until it comes
+** (ember_rrefs_resend): an unconfirmed FORK, an unacknowledged DELETE, and
+** a CHILD_ACCEPT, which its sender keeps until acknowledged. A link that
+** loses a message (or fault injection, see faults.h) delays settling but
+** leaks nothing. A lost peer drops the forks it held, the forks we held of
+** its values, the children we were waiting for it to accept and the accepts
+** we owed it.
 **
 ** Thread: the loop thread only.
 */
@@ -50,7 +56,14 @@ typedef struct {
   int (*send)(void *user, int peer, int kind, ember_wire_msg_t *msg);
   /* The last fork of an owned value is gone: no other worker refers to it. */
   void (*on_released)(void *user, ember_rref_id_t rref);
+  /* Optional: the time in ms (the loop's clock), stamped on each message
+  ** sent so that ember_rrefs_resend knows its age. NULL: the time of the
+  ** last ember_rrefs_resend. */
+  uint64_t (*now_ms)(void *user);
 } ember_rrefs_ops_t;
+
+/* How long a control message waits for its answer before it is sent again. */
+#define EMBER_RREF_RESEND_MS 200
 
 ember_rrefs_t *ember_rrefs_new(int self, const ember_rrefs_ops_t *ops);
 /* Frees every record and completes waiters on ember_rrefs_settled. */
@@ -116,8 +129,16 @@ int ember_rrefs_on_frame(ember_rrefs_t *r, int peer, int kind,
 ** are refused from now on (EMBER_EPEERLOST). */
 void ember_rrefs_peer_lost(ember_rrefs_t *r, int peer);
 
+/*
+** Sends again every control message that has waited EMBER_RREF_RESEND_MS or
+** more for its answer at `now_ms`: FORKs of unconfirmed forks, DELETEs not
+** acknowledged, CHILD_ACCEPTs not acknowledged. Returns how many were sent.
+** Call it every EMBER_RREF_RESEND_MS or so.
+*/
+int ember_rrefs_resend(ember_rrefs_t *r, uint64_t now_ms);
+
 /* A future that completes when no control message awaits an answer (no
-** unconfirmed fork, pending child or unacknowledged delete). */
+** unconfirmed fork, pending child, unacknowledged delete or accept). */
 ember_future_t *ember_rrefs_settled(ember_rrefs_t *r);
 
 typedef struct {
@@ -125,6 +146,7 @@ typedef struct {
   uint64_t forks;   /* forks registered with us, over all values */
   uint64_t users;   /* forks we hold (not yet being deleted) */
   uint64_t pending; /* control messages awaiting an answer */
+  uint64_t resent;  /* control messages sent again for want of an answer */
 } ember_rrefs_stats_t;
 
 void ember_rrefs_stats(const ember_rrefs_t *r, ember_rrefs_stats_t *stats);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "faults.h"
 
 #define NONCE_BYTES 32
 #define PROOF_BYTES crypto_auth_BYTES
@@ -25,6 +26,13 @@
 ** (a client joining is looked up in the store; a rank of the world is declared
 ** as soon as its worker has read the world). */
 #define PARK_TIMEOUT_MS 30000
+/* GOODBYE is resent this often until acknowledged, for at most
+** GOODBYE_GIVE_UP_MS. */
+#define GOODBYE_RESEND_MS 100
+#define GOODBYE_GIVE_UP_MS 2000
+/* The liveness check runs at least this often, so that a lost peer is found
+** within its window and this much. */
+#define LIVENESS_TICK_MAX_MS 250
 
 typedef struct frame_out_s {
   struct frame_out_s *next;
@@ -107,7 +115,26 @@ struct peer_s {
   frame_queue_t queue; /* frames waiting for a ready connection */
   int lost, left, left_reported;
   ember_peer_stats_t stats;
+  /* Liveness: loop times (ms) we last heard from it and last sent to it. */
+  uint64_t last_heard_ms, last_sent_ms;
+  enum { GOODBYE_NONE, GOODBYE_WAITING, GOODBYE_DONE } goodbye;
 };
+
+/* A timer of the transport's besides the park timer: its close callback
+** finds the transport through `t`. */
+typedef struct {
+  ember_handle_owner_t owner; /* first: the handle's data points here */
+  ember_transport_t *t;
+  uv_timer_t timer;
+} aux_timer_t;
+
+/* A frame held back by fault injection until `due` (loop time, ms). */
+typedef struct delayed_s {
+  struct delayed_s *next;
+  uint64_t due;
+  int peer;
+  frame_out_t *frame;
+} delayed_t;
 
 struct ember_transport_s {
   ember_handle_owner_t owner; /* the listener's */
@@ -139,6 +166,18 @@ struct ember_transport_s {
   conn_t *dirty;
   uint64_t unsent;
   ember_waiters_t flush_waiters;
+  /* Fault injection (NULL: none) and the frames it holds back, by due time. */
+  ember_faults_t *faults;
+  delayed_t *delayed;
+  aux_timer_t delay_timer;
+  /* Liveness: heartbeats and the check for silent peers (see liveness_cb). */
+  aux_timer_t liveness_timer;
+  uint64_t hb_interval_ms, hb_window_ms, last_tick_ms;
+  /* GOODBYEs awaiting acknowledgement: resent until goodbye_deadline. */
+  aux_timer_t goodbye_timer;
+  uint64_t goodbye_deadline;
+  ember_waiters_t goodbye_waiters;
+  ember_transport_stats_t stats;
   int closing;
   int handles_open; /* freed when it reaches 0 after closing */
 };
@@ -175,6 +214,8 @@ static void conn_close(conn_t *conn, int code, const char *fmt, ...)
     ;
 static void conn_start_reading(conn_t *conn);
 static void mark_dirty(conn_t *conn);
+static void goodbye_settle(ember_transport_t *t, peer_t *peer);
+static void on_liveness_frame(conn_t *conn, int kind);
 
 void ember_frame_free(ember_frame_t *frame) {
   free(frame->body);
@@ -268,6 +309,8 @@ static frame_out_t *frame_out_new(int kind, uint16_t flags, uint64_t request_id,
 ** peer) and schedules the write. */
 static void conn_queue(conn_t *conn, frame_out_t *frame) {
   conn->t->unsent += frame->bytes;
+  if (conn->peer != NULL)
+    conn->peer->last_sent_ms = uv_now(ember_loop_uv(conn->t->loop));
   queue_push(&conn->queue, frame);
   mark_dirty(conn);
 }
@@ -494,6 +537,273 @@ static void peer_lost(peer_t *peer, ember_transport_t *t, int code,
     t->cb.on_peer_lost(t->cb.user, peer->id, code, why);
 }
 
+/* --- Fault injection ------------------------------------------------------- */
+
+static void delay_cb(uv_timer_t *handle);
+static int queue_for_peer(ember_transport_t *t, peer_t *peer,
+                          frame_out_t *frame);
+
+static int frame_kind(const frame_out_t *frame) { return frame->head[5]; }
+
+static uint64_t loop_now(const ember_transport_t *t) {
+  return uv_now(ember_loop_uv(t->loop));
+}
+
+static void arm_delay_timer(ember_transport_t *t) {
+  uint64_t now = loop_now(t);
+  if (t->delayed == NULL) {
+    uv_timer_stop(&t->delay_timer.timer);
+    return;
+  }
+  /* Armed (and so keeping the loop alive) while a frame is held: it is as
+  ** good as being written. */
+  uv_timer_start(&t->delay_timer.timer, delay_cb,
+                 t->delayed->due > now ? t->delayed->due - now : 0, 0);
+}
+
+/* Holds `frame` for `peer` until ms from now; the list stays in due order. */
+static void hold_frame(ember_transport_t *t, peer_t *peer, frame_out_t *frame,
+                       uint32_t ms) {
+  delayed_t *d = malloc(sizeof(*d)), **link = &t->delayed;
+  if (d == NULL) { /* sent at once rather than lost */
+    queue_for_peer(t, peer, frame);
+    return;
+  }
+  d->due = loop_now(t) + ms;
+  d->peer = peer->id;
+  d->frame = frame;
+  t->unsent += frame->bytes; /* ember_transport_flushed waits for it */
+  while (*link != NULL && (*link)->due <= d->due)
+    link = &(*link)->next;
+  d->next = *link;
+  *link = d;
+  arm_delay_timer(t);
+}
+
+/* Queues the frames whose time came, for peers still there. */
+static void delay_cb(uv_timer_t *handle) {
+  ember_transport_t *t = ((aux_timer_t *)handle->data)->t;
+  uint64_t now = loop_now(t);
+  while (t->delayed != NULL && t->delayed->due <= now && !t->closing) {
+    delayed_t *d = t->delayed;
+    peer_t *peer = t->peers[d->peer];
+    t->delayed = d->next;
+    t->unsent -= d->frame->bytes;
+    if (peer->conn != NULL)
+      conn_queue(peer->conn, d->frame);
+    else if (!peer->lost && !peer->left)
+      queue_for_peer(t, peer, d->frame);
+    else
+      frame_out_free(d->frame);
+    free(d);
+  }
+  if (!t->closing) {
+    check_flushed(t);
+    arm_delay_timer(t);
+  }
+}
+
+static void drop_delayed(ember_transport_t *t) {
+  while (t->delayed != NULL) {
+    delayed_t *d = t->delayed;
+    t->delayed = d->next;
+    t->unsent -= d->frame->bytes;
+    frame_out_free(d->frame);
+    free(d);
+  }
+}
+
+/*
+** Applies the fault rules to a frame for `peer` (a frame after the
+** handshake). Returns 1 when they took it: dropped, as if lost on the wire,
+** or held back to be queued later; 0 when it goes now.
+*/
+static int apply_faults(ember_transport_t *t, peer_t *peer,
+                        frame_out_t *frame) {
+  uint32_t ms;
+  if (t->faults == NULL)
+    return 0;
+  switch (ember_faults_next(t->faults, frame_kind(frame), &ms)) {
+  case EMBER_FAULT_DROP:
+    t->stats.faults_dropped++;
+    frame_out_free(frame);
+    return 1;
+  case EMBER_FAULT_DELAY:
+    t->stats.faults_delayed++;
+    hold_frame(t, peer, frame, ms);
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* A frame of `kind` with a nil body, for peer's ready connection `conn`,
+** through the fault rules. */
+static void send_control(ember_transport_t *t, conn_t *conn, int kind) {
+  ember_wire_msg_t msg;
+  frame_out_t *frame;
+  ember_wire_msg_init(&msg);
+  if (ember_wire_msg_write(&msg, "\xc0", 1) != 0 ||
+      (frame = frame_out_new(kind, 0, 0, &msg)) == NULL) {
+    ember_wire_msg_free(&msg);
+    return;
+  }
+  if (!apply_faults(t, conn->peer, frame))
+    conn_queue(conn, frame);
+}
+
+/* --- Liveness: heartbeats and silent peers ----------------------------------- */
+
+/*
+** Runs every tick (see start_liveness). A peer we sent nothing to for an
+** interval gets a HEARTBEAT; a peer with a ready connection that we heard
+** nothing from for the window is lost. When the tick itself came late by
+** half a window, this loop was what stalled (stopped, or busy in a long
+** callback), so the silence is ours, not the peers': their bytes wait unread
+** in the socket and the count starts again.
+*/
+static void liveness_cb(uv_timer_t *handle) {
+  ember_transport_t *t = ((aux_timer_t *)handle->data)->t;
+  uint64_t now = loop_now(t);
+  int stalled = now - t->last_tick_ms > t->hb_window_ms / 2;
+  t->last_tick_ms = now;
+  for (int i = 0; i < t->peer_count && !t->closing; i++) {
+    peer_t *peer = t->peers[i];
+    if (peer == NULL || peer->conn == NULL || peer->lost || peer->left)
+      continue;
+    if (stalled || peer->last_heard_ms > now)
+      peer->last_heard_ms = now;
+    if (now - peer->last_heard_ms > t->hb_window_ms) {
+      conn_close(peer->conn, EMBER_EPEERLOST,
+                 "no heartbeat from worker '%s' for %.1f s (heartbeat window "
+                 "%.3g s)",
+                 peer->name, (double)(now - peer->last_heard_ms) / 1000.0,
+                 (double)t->hb_window_ms / 1000.0);
+      continue; /* the callback may have closed the transport: see the loop */
+    }
+    if (now - peer->last_sent_ms >= t->hb_interval_ms) {
+      t->stats.heartbeats_sent++;
+      peer->stats.heartbeats_out++;
+      send_control(t, peer->conn, EMBER_MSG_HEARTBEAT);
+    }
+  }
+}
+
+static int start_liveness(ember_transport_t *t,
+                          const ember_transport_opts_t *opts) {
+  uint64_t tick;
+  t->hb_window_ms = opts->heartbeat_window_ms ? opts->heartbeat_window_ms
+                                              : EMBER_HEARTBEAT_WINDOW_MS;
+  t->hb_interval_ms = opts->heartbeat_interval_ms;
+  if (t->hb_interval_ms == 0)
+    t->hb_interval_ms = t->hb_window_ms / 5 < EMBER_HEARTBEAT_INTERVAL_MS
+                            ? t->hb_window_ms / 5
+                            : EMBER_HEARTBEAT_INTERVAL_MS;
+  if (t->hb_interval_ms == 0 || t->hb_interval_ms >= t->hb_window_ms)
+    return ember__wire_fail(EMBER_EINVAL,
+                            "the heartbeat interval (%llu ms) must be above 0 "
+                            "and below the heartbeat window (%llu ms)",
+                            (unsigned long long)t->hb_interval_ms,
+                            (unsigned long long)t->hb_window_ms);
+  /* Often enough that a lost peer is found within window + the tick, and a
+  ** heartbeat is never much later than its interval. */
+  tick = t->hb_interval_ms < t->hb_window_ms / 8 ? t->hb_interval_ms
+                                                 : t->hb_window_ms / 8;
+  if (tick > LIVENESS_TICK_MAX_MS)
+    tick = LIVENESS_TICK_MAX_MS;
+  if (tick == 0)
+    tick = 1;
+  t->last_tick_ms = loop_now(t); /* a first tick that comes late is a stall */
+  uv_timer_start(&t->liveness_timer.timer, liveness_cb, tick, tick);
+  /* Heartbeats alone do not keep the loop running. */
+  uv_unref((uv_handle_t *)&t->liveness_timer.timer);
+  return 0;
+}
+
+/* --- Leaving: GOODBYE until acknowledged ---------------------------------------- */
+
+static int goodbyes_waiting(const ember_transport_t *t) {
+  for (int i = 0; i < t->peer_count; i++)
+    if (t->peers[i] != NULL && t->peers[i]->goodbye == GOODBYE_WAITING)
+      return 1;
+  return 0;
+}
+
+static void check_goodbyes(ember_transport_t *t) {
+  if (goodbyes_waiting(t))
+    return;
+  uv_timer_stop(&t->goodbye_timer.timer);
+  if (t->goodbye_waiters.count > 0)
+    ember_waiters_complete(&t->goodbye_waiters);
+}
+
+/* The peer's GOODBYE needs no more sending: acknowledged, or it is gone. */
+static void goodbye_settle(ember_transport_t *t, peer_t *peer) {
+  if (peer->goodbye != GOODBYE_WAITING)
+    return;
+  peer->goodbye = GOODBYE_DONE;
+  check_goodbyes(t);
+}
+
+static void goodbye_cb(uv_timer_t *handle) {
+  ember_transport_t *t = ((aux_timer_t *)handle->data)->t;
+  int give_up = loop_now(t) >= t->goodbye_deadline;
+  for (int i = 0; i < t->peer_count; i++) {
+    peer_t *peer = t->peers[i];
+    if (peer == NULL || peer->goodbye != GOODBYE_WAITING)
+      continue;
+    if (give_up || peer->conn == NULL) {
+      peer->goodbye = GOODBYE_DONE;
+      continue;
+    }
+    t->stats.goodbyes_resent++;
+    send_control(t, peer->conn, EMBER_MSG_GOODBYE);
+  }
+  check_goodbyes(t);
+}
+
+void ember_transport_say_goodbye(ember_transport_t *t) {
+  if (t->closing)
+    return;
+  uv_update_time(ember_loop_uv(t->loop)); /* called from outside the loop */
+  for (int i = 0; i < t->peer_count; i++) {
+    peer_t *peer = t->peers[i];
+    if (peer == NULL || peer->conn == NULL)
+      continue;
+    peer->goodbye = GOODBYE_WAITING;
+    send_control(t, peer->conn, EMBER_MSG_GOODBYE);
+  }
+  t->goodbye_deadline = loop_now(t) + GOODBYE_GIVE_UP_MS;
+  if (goodbyes_waiting(t))
+    uv_timer_start(&t->goodbye_timer.timer, goodbye_cb, GOODBYE_RESEND_MS,
+                   GOODBYE_RESEND_MS);
+}
+
+ember_future_t *ember_transport_goodbyes_done(ember_transport_t *t) {
+  return ember_waiters_add(&t->goodbye_waiters, !goodbyes_waiting(t));
+}
+
+/* HEARTBEAT, GOODBYE or GOODBYE_ACK on a ready connection. */
+static void on_liveness_frame(conn_t *conn, int kind) {
+  ember_transport_t *t = conn->t;
+  peer_t *peer = conn->peer;
+  if (kind == EMBER_MSG_HEARTBEAT) {
+    t->stats.heartbeats_received++;
+    peer->stats.heartbeats_in++;
+  } else if (kind == EMBER_MSG_GOODBYE) {
+    /* Answered each time: our answer may have been lost. */
+    peer->left = 1;
+    send_control(t, conn, EMBER_MSG_GOODBYE_ACK);
+  } else if (kind == EMBER_MSG_GOODBYE_ACK) {
+    goodbye_settle(t, peer);
+  }
+}
+
+void ember_transport_stats(const ember_transport_t *t,
+                           ember_transport_stats_t *stats) {
+  *stats = t->stats;
+}
+
 /* --- Connections ------------------------------------------------------------ */
 
 static void conn_free(conn_t *conn) {
@@ -570,6 +880,8 @@ static void conn_close(conn_t *conn, int code, const char *fmt, ...) {
       peer->conn = NULL;
     if (peer->outgoing == conn)
       peer->outgoing = NULL;
+    if (peer->conn == NULL)
+      goodbye_settle(t, peer); /* no one is left to acknowledge it */
   }
   why[0] = '\0';
   if (fmt != NULL) {
@@ -869,6 +1181,7 @@ static void conn_ready(conn_t *conn) {
     conn_close(peer->outgoing, 0, NULL);
   }
   peer->conn = conn;
+  peer->last_heard_ms = uv_now(ember_loop_uv(conn->t->loop));
   queue_splice(&conn->queue, &peer->queue);
   if (conn->queue.head != NULL)
     mark_dirty(conn);
@@ -1097,13 +1410,11 @@ static void deliver_frame(conn_t *conn) {
     return;
   }
   peer->stats.frames_in++;
-  if (frame.header.kind == EMBER_MSG_GOODBYE) {
-    peer->left = 1;
-    ember_frame_free(&frame);
-    return;
-  }
   if (frame.header.kind == EMBER_MSG_HEARTBEAT ||
+      frame.header.kind == EMBER_MSG_GOODBYE ||
+      frame.header.kind == EMBER_MSG_GOODBYE_ACK ||
       frame.header.kind < EMBER_MSG_REQUEST) {
+    on_liveness_frame(conn, frame.header.kind);
     ember_frame_free(&frame);
     return;
   }
@@ -1283,8 +1594,10 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
-  if (conn->peer != NULL)
+  if (conn->peer != NULL) {
     conn->peer->stats.bytes_in += (uint64_t)nread;
+    conn->peer->last_heard_ms = uv_now(ember_loop_uv(conn->t->loop)); /* alive */
+  }
   note_io(conn->t);
   if (conn->reading_direct) {
     size_t left;
@@ -1378,7 +1691,6 @@ int ember_transport_send(ember_transport_t *t, int id, int kind,
                          ember_wire_msg_t *msg) {
   peer_t *peer = find_peer(t, id);
   frame_out_t *frame;
-  int err;
 
   if (peer == NULL || t->closing) {
     ember_wire_msg_free(msg);
@@ -1411,6 +1723,16 @@ int ember_transport_send(ember_transport_t *t, int id, int kind,
     ember_wire_msg_init(msg);
     return EMBER_ENOMEM;
   }
+  if (apply_faults(t, peer, frame))
+    return 0; /* dropped "on the wire", or held back */
+  return queue_for_peer(t, peer, frame);
+}
+
+/* Queues a frame on the peer's ready connection, or in the peer's queue
+** until one is (connecting first if needed). */
+static int queue_for_peer(ember_transport_t *t, peer_t *peer,
+                          frame_out_t *frame) {
+  int err;
   if (peer->conn != NULL) {
     conn_queue(peer->conn, frame);
     return 0;
@@ -1427,30 +1749,32 @@ int ember_transport_send(ember_transport_t *t, int id, int kind,
   return 0;
 }
 
-void ember_transport_say_goodbye(ember_transport_t *t) {
-  for (int i = 0; i < t->peer_count; i++) {
-    peer_t *peer = t->peers[i];
-    ember_wire_msg_t msg;
-    frame_out_t *frame;
-    if (peer == NULL || peer->conn == NULL)
-      continue;
-    ember_wire_msg_init(&msg);
-    ember_wire_msg_write(&msg, "\xc0", 1); /* nil */
-    if ((frame = frame_out_new(EMBER_MSG_GOODBYE, 0, 0, &msg)) != NULL)
-      conn_queue(peer->conn, frame);
-    else
-      ember_wire_msg_free(&msg);
-  }
-}
-
 /* --- Life cycle -------------------------------------------------------------- */
 
 static void transport_handle_close_cb(uv_handle_t *handle);
+static void aux_timer_close_cb(uv_handle_t *handle);
+
+static int parse_faults(ember_transport_t *t, const char *spec) {
+  char why[800];
+  int err = ember_faults_parse(spec, &t->faults, why, sizeof(why));
+  if (err == EMBER_EINVAL)
+    return ember__wire_fail(err, "%s", why);
+  return err;
+}
+
+static void aux_timer_init(ember_transport_t *t, aux_timer_t *aux) {
+  aux->owner.close_cb = aux_timer_close_cb;
+  aux->t = t;
+  uv_timer_init(ember_loop_uv(t->loop), &aux->timer);
+  aux->timer.data = &aux->owner;
+  t->handles_open++;
+}
 
 int ember_transport_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
                         const ember_transport_callbacks_t *callbacks,
                         ember_transport_t **out) {
   ember_transport_t *t;
+  int err;
   *out = NULL;
   if (sodium_init() < 0)
     return ember__wire_fail(EMBER_EFAILED, "libsodium failed to initialise");
@@ -1490,8 +1814,18 @@ int ember_transport_new(ember_loop_t *loop, const ember_transport_opts_t *opts,
   /* Polling alone does not keep the loop running. */
   uv_unref((uv_handle_t *)&t->poller);
   t->busy_poll_ns = (uint64_t)opts->busy_poll_us * 1000;
-  t->handles_open = 3;
+  t->handles_open += 3;
+  aux_timer_init(t, &t->delay_timer);
+  aux_timer_init(t, &t->liveness_timer);
+  aux_timer_init(t, &t->goodbye_timer);
   *out = t;
+  if ((err = parse_faults(t, opts->faults)) != 0 ||
+      (err = start_liveness(t, opts)) != 0) {
+    /* The message survives closing: nothing else is formatted meanwhile. */
+    ember_transport_close(t);
+    *out = NULL;
+    return err;
+  }
   return 0;
 }
 
@@ -1529,6 +1863,8 @@ static void transport_free(ember_transport_t *t) {
     free(peer);
   }
   ember_waiters_drop(&t->flush_waiters);
+  ember_waiters_complete(&t->goodbye_waiters);
+  ember_faults_free(t->faults);
   free(t->peers);
   free(t->name);
   free(t);
@@ -1537,6 +1873,12 @@ static void transport_free(ember_transport_t *t) {
 static void transport_maybe_free(ember_transport_t *t) {
   if (t->closing && t->handles_open == 0)
     transport_free(t);
+}
+
+static void aux_timer_close_cb(uv_handle_t *handle) {
+  ember_transport_t *t = ((aux_timer_t *)handle->data)->t;
+  t->handles_open--;
+  transport_maybe_free(t);
 }
 
 static void transport_handle_close_cb(uv_handle_t *handle) {
@@ -1564,6 +1906,16 @@ void ember_transport_close(ember_transport_t *t) {
     if (t->peers[i] != NULL)
       queue_drop(t, &t->peers[i]->queue);
   t->dirty = NULL;
+  drop_delayed(t);
+  /* Nobody is left to acknowledge a GOODBYE: its waiters may go on. */
+  for (int i = 0; i < t->peer_count; i++)
+    if (t->peers[i] != NULL && t->peers[i]->goodbye == GOODBYE_WAITING)
+      t->peers[i]->goodbye = GOODBYE_DONE;
+  if (t->goodbye_waiters.count > 0)
+    ember_waiters_complete(&t->goodbye_waiters);
+  uv_close((uv_handle_t *)&t->delay_timer.timer, aux_timer_close_cb);
+  uv_close((uv_handle_t *)&t->liveness_timer.timer, aux_timer_close_cb);
+  uv_close((uv_handle_t *)&t->goodbye_timer.timer, aux_timer_close_cb);
   uv_close((uv_handle_t *)&t->flusher, transport_handle_close_cb);
   uv_close((uv_handle_t *)&t->park_timer, transport_handle_close_cb);
   uv_close((uv_handle_t *)&t->poller, transport_handle_close_cb);

@@ -72,7 +72,30 @@ typedef struct {
   /* Microseconds the loop keeps polling after a read or write instead of
   ** sleeping (0: never); see note_io in transport.c. */
   unsigned busy_poll_us;
+  /* Fault injection (see faults.h): NULL or "" for none. A malformed spec
+  ** makes ember_transport_new fail with EMBER_EINVAL and the parser's
+  ** message. */
+  const char *faults;
+  /*
+  ** Liveness: a HEARTBEAT goes to every peer we sent nothing to for
+  ** heartbeat_interval_ms; a peer we heard nothing from for
+  ** heartbeat_window_ms is lost (EMBER_EPEERLOST), which TCP alone may take
+  ** minutes to notice on a dead link. 0 takes the defaults; the interval
+  ** must be below the window.
+  */
+  uint32_t heartbeat_interval_ms;
+  uint32_t heartbeat_window_ms;
 } ember_transport_opts_t;
+
+/*
+** The default window is 10 s: a peer must be silent that long to be lost, so
+** a worker paused for a few seconds (SIGSTOP, a debugger, a swapped-out or
+** overloaded machine, a long collection) survives, while a dead link is still
+** found in seconds rather than TCP's minutes. The interval is a fifth of it,
+** so several heartbeats may be lost or late before a live peer is doubted.
+*/
+#define EMBER_HEARTBEAT_WINDOW_MS 10000u
+#define EMBER_HEARTBEAT_INTERVAL_MS 2000u
 
 /* A new transport (not listening yet). The caller owns it: free it with
 ** ember_transport_close. Returns 0 or a negative code. */
@@ -106,9 +129,18 @@ int ember_transport_send(ember_transport_t *t, int peer, int kind,
                          uint16_t flags, uint64_t request_id,
                          ember_wire_msg_t *msg);
 
-/* Sends GOODBYE to every connected peer: they will not take our closing for a
-** loss. */
+/*
+** Sends GOODBYE to every connected peer: they will not take our closing for a
+** loss. GOODBYE is resent every 100 ms until the peer answers GOODBYE_ACK,
+** its connection closes, or 2 s pass; a repeated GOODBYE is acknowledged
+** again and changes nothing.
+*/
 void ember_transport_say_goodbye(ember_transport_t *t);
+
+/* A future that completes when every GOODBYE sent so far was acknowledged or
+** given up on (now, if none waits): close after it, and peers will have
+** heard. The caller owns the reference; NULL if out of memory. */
+ember_future_t *ember_transport_goodbyes_done(ember_transport_t *t);
 
 /* Bytes queued and not yet written, over all peers. */
 uint64_t ember_transport_unsent_bytes(const ember_transport_t *t);
@@ -122,11 +154,22 @@ typedef struct {
   int connected; /* 1 while a ready connection exists */
   int lost;      /* 1 once lost */
   int left;      /* 1 once it said GOODBYE */
+  uint64_t heartbeats_in, heartbeats_out;
 } ember_peer_stats_t;
 
 /* Counters for one peer; EMBER_EINVAL for an undeclared id. */
 int ember_transport_peer_stats(const ember_transport_t *t, int peer,
                                ember_peer_stats_t *stats);
+
+typedef struct {
+  uint64_t faults_dropped; /* frames discarded by fault injection */
+  uint64_t faults_delayed; /* frames held back by fault injection */
+  uint64_t heartbeats_sent, heartbeats_received;
+  uint64_t goodbyes_resent; /* GOODBYEs sent again for want of an answer */
+} ember_transport_stats_t;
+
+void ember_transport_stats(const ember_transport_t *t,
+                           ember_transport_stats_t *stats);
 
 /* The largest declared peer id + 1. */
 int ember_transport_peer_count(const ember_transport_t *t);

@@ -56,12 +56,15 @@ typedef enum {
   /* Liveness and leaving. */
   EMBER_MSG_HEARTBEAT = 20,
   EMBER_MSG_GOODBYE = 21,
+  EMBER_MSG_GOODBYE_ACK = 22, /* "your GOODBYE arrived" (GOODBYE is resent
+                              ** until acknowledged) */
   /* Remote references: owner/user control messages (see rref.h). */
   EMBER_MSG_RREF_FORK = 30,
   EMBER_MSG_RREF_CONFIRM = 31,
   EMBER_MSG_RREF_DELETE = 32,
   EMBER_MSG_RREF_DELETE_ACK = 33,
   EMBER_MSG_RREF_CHILD_ACCEPT = 34,
+  EMBER_MSG_RREF_CHILD_ACCEPT_ACK = 35,
   EMBER_MSG_KIND_MAX = 63
 } ember_msg_kind_t;
 

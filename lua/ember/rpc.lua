@@ -550,6 +550,54 @@ local function read_busy_poll(opts, fname)
   return us
 end
 
+-- Liveness and fault injection: faults= (or EMBER_FAULTS, see core/faults.h),
+-- heartbeat_window= and heartbeat_interval= in seconds (or
+-- EMBER_HEARTBEAT_WINDOW, EMBER_HEARTBEAT_INTERVAL). A peer silent for the
+-- window is lost; the transport's defaults are a 10 s window and a 2 s
+-- interval (see EMBER_HEARTBEAT_WINDOW_MS in core/transport.h).
+local DEFAULT_HEARTBEAT_WINDOW = 10
+
+local function read_seconds(opts, field, env, fname)
+  local value, what = opts[field], field
+  local text = os.getenv(env)
+  if value == nil and text ~= nil and text ~= "" then
+    value, what = tonumber(text) or text, env
+  end
+  if value == nil then return nil end
+  if type(value) ~= "number" or value ~= value or value <= 0 or value > 1e6 then
+    error(("%s: %s must be a number of seconds > 0 (at most 1e6), got %s")
+      :format(fname, what, tostring(value)), 5)
+  end
+  return value, what
+end
+
+local function read_liveness(opts, o, fname)
+  local faults = opts.faults
+  if faults == nil then faults = os.getenv("EMBER_FAULTS") end
+  if faults ~= nil and type(faults) ~= "string" then
+    error(("%s: faults must be a string, got %s"):format(fname, type(faults)), 4)
+  end
+  local why = core.check_faults(faults)
+  if why then
+    error(("%s: bad %s: %s"):format(fname, opts.faults ~= nil and "faults"
+      or "EMBER_FAULTS", why), 4)
+  end
+  o.faults = faults
+  local window, wname = read_seconds(opts, "heartbeat_window",
+    "EMBER_HEARTBEAT_WINDOW", fname)
+  local interval, iname = read_seconds(opts, "heartbeat_interval",
+    "EMBER_HEARTBEAT_INTERVAL", fname)
+  if interval ~= nil and interval >= (window or DEFAULT_HEARTBEAT_WINDOW) then
+    error(("%s: %s (%g s) must be below %s (%g s)"):format(fname, iname,
+      interval, wname or "the heartbeat window", window or
+      DEFAULT_HEARTBEAT_WINDOW), 4)
+  end
+  local function ms(seconds)
+    return seconds and math.max(1, math.floor(seconds * 1000 + 0.5)) or nil
+  end
+  o.heartbeat_window_ms, o.heartbeat_interval_ms = ms(window), ms(interval)
+end
+
 -- ---- Device maps ------------------------------------------------------------
 --
 -- init_rpc{device_maps = {worker1 = {[0] = 1}}}, as TensorPipe's: a tensor on
@@ -768,6 +816,7 @@ local function read_options(name, opts)
     max_message_bytes = opts.max_message_bytes,
   }
   o.busy_poll_us = read_busy_poll(opts, "init_rpc")
+  read_liveness(opts, o, "init_rpc")
   o.device_maps = read_device_maps(opts.device_maps)
   return o
 end
@@ -914,6 +963,8 @@ local function new_agent(name, id, o)
     on_request = on_request, on_peer_lost = on_peer_lost,
     on_unknown_peer = on_unknown_peer, on_rref_released = on_rref_released,
     busy_poll_us = o.busy_poll_us,
+    faults = o.faults, heartbeat_window_ms = o.heartbeat_window_ms,
+    heartbeat_interval_ms = o.heartbeat_interval_ms,
     max_body = limits.max_body, max_tensors = limits.max_tensors,
     max_tensor_bytes = limits.max_tensor_bytes,
     max_message_bytes = limits.max_message_bytes,
@@ -1014,6 +1065,7 @@ local function read_join_options(address, opts)
     max_message_bytes = opts.max_message_bytes,
   }
   o.busy_poll_us = read_busy_poll(opts, "join")
+  read_liveness(opts, o, "join")
   return o
 end
 
@@ -1387,6 +1439,7 @@ local function leave(s, graceful, timeout, opts)
     end)
   end
   s.agent:goodbye()
+  pcall(wait_within, s.agent:goodbyes_done(), math.min(timeout, 10), "GOODBYE")
   pcall(wait_within, s.agent:flushed(), math.min(timeout, 10), "GOODBYE")
   if s.claimed_name then
     -- The name is free again; the store may be gone with the world.
@@ -1428,6 +1481,9 @@ function rpc.shutdown(opts)
       barrier(s, "ember/shutdown/settled/", timeout)
     end
     s.agent:goodbye()
+    -- Acknowledged (GOODBYE is resent until it is): no peer takes our
+    -- closing for a loss.
+    s.agent:goodbyes_done():wait()
     s.agent:flushed():wait()
     -- Rank 0 serves the store: it leaves last.
     s.store:set("ember/shutdown/left/" .. s.rank, "1"):wait()

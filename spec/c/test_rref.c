@@ -29,6 +29,9 @@ typedef struct {
   ember_rref_id_t released[16];
   int released_count;
   int lost_on_send[WORKERS]; /* a send to it reports the loss at once */
+  int drop[64]; /* sends of each kind still to lose on the wire */
+  int dropped;
+  uint64_t clock_ms; /* advanced by settle() */
 } world_t;
 
 static world_t world;
@@ -45,6 +48,13 @@ static int send_cb(void *user, int peer, int kind, ember_wire_msg_t *msg) {
   if (world.lost[peer]) {
     ember_wire_msg_free(msg);
     return EMBER_EPEERLOST;
+  }
+  if (kind >= 0 && kind < 64 && world.drop[kind] > 0) {
+    /* Lost on the wire, as the transport's fault injection does it. */
+    world.drop[kind]--;
+    world.dropped++;
+    ember_wire_msg_free(msg);
+    return 0;
   }
   CHECK(world.tail < MAX_FRAMES);
   CHECK(msg->body_len <= sizeof(s->body));
@@ -67,7 +77,7 @@ static void released_cb(void *user, ember_rref_id_t rref) {
 static void setup(void) {
   memset(&world, 0, sizeof(world));
   for (int i = 0; i < WORKERS; i++) {
-    ember_rrefs_ops_t ops = {&world.ids[i], send_cb, released_cb};
+    ember_rrefs_ops_t ops = {&world.ids[i], send_cb, released_cb, NULL};
     world.ids[i] = i;
     world.r[i] = ember_rrefs_new(i, &ops);
     CHECK(world.r[i] != NULL);
@@ -452,6 +462,128 @@ static void test_malformed_messages_are_refused(void) {
   teardown();
 }
 
+/* --- Lost messages are sent again ---------------------------------------- */
+
+static uint64_t pending_everywhere(void) {
+  uint64_t n = 0;
+  for (int i = 0; i < WORKERS; i++)
+    n += stats_of(i).pending;
+  return n;
+}
+
+/* Delivers, then lets EMBER_RREF_RESEND_MS pass and resends, until nothing
+** awaits an answer; returns the rounds it took (fails after 20). */
+static int settle(void) {
+  int rounds = 0;
+  deliver();
+  while (pending_everywhere() > 0) {
+    CHECK(++rounds <= 20);
+    world.clock_ms += EMBER_RREF_RESEND_MS;
+    for (int i = 0; i < WORKERS; i++)
+      ember_rrefs_resend(world.r[i], world.clock_ms);
+    deliver();
+  }
+  return rounds;
+}
+
+static void lose_first_of_every_kind(void) {
+  world.drop[EMBER_MSG_RREF_FORK] = 1;
+  world.drop[EMBER_MSG_RREF_CONFIRM] = 1;
+  world.drop[EMBER_MSG_RREF_DELETE] = 1;
+  world.drop[EMBER_MSG_RREF_DELETE_ACK] = 1;
+  world.drop[EMBER_MSG_RREF_CHILD_ACCEPT] = 1;
+  world.drop[EMBER_MSG_RREF_CHILD_ACCEPT_ACK] = 1;
+}
+
+static void check_nothing_left(void) {
+  for (int i = 0; i < WORKERS; i++) {
+    ember_rrefs_stats_t st = stats_of(i);
+    CHECK_EQ(st.pending, 0);
+    CHECK_EQ(st.users, 0);
+    CHECK_EQ(st.owners, 0);
+    CHECK_EQ(st.forks, 0);
+  }
+}
+
+/* A resend waits EMBER_RREF_RESEND_MS for the answer first. */
+static void test_resend_waits_for_the_answer(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  world.drop[EMBER_MSG_RREF_FORK] = 1;
+  CHECK_EQ(ember_rrefs_user_new(world.r[2], rref, child, 0, 1), 0);
+  CHECK_EQ(world.dropped, 1);
+  CHECK_EQ(ember_rrefs_resend(world.r[2], EMBER_RREF_RESEND_MS - 1), 0);
+  CHECK_EQ(deliver(), 0);
+  CHECK_EQ(ember_rrefs_resend(world.r[2], EMBER_RREF_RESEND_MS), 1);
+  CHECK_EQ(stats_of(2).resent, 1);
+  deliver(); /* FORK, CONFIRM, CHILD_ACCEPT, its ACK */
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], child), 1);
+  CHECK_EQ(pending_everywhere(), 0);
+  /* Nothing waits: nothing is sent again. */
+  CHECK_EQ(ember_rrefs_resend(world.r[2], 10 * EMBER_RREF_RESEND_MS), 0);
+  CHECK_EQ(ember_rrefs_resend(world.r[1], 10 * EMBER_RREF_RESEND_MS), 0);
+  teardown();
+}
+
+/* User 1 passes its RRef to user 2 and both drop theirs, with the first
+** message of every kind lost: the protocol still settles and frees it. */
+static void test_user_to_user_survives_lost_messages(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  lose_first_of_every_kind();
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 2), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  CHECK_EQ(ember_rrefs_user_new(world.r[2], rref, child, 0, 1), 0);
+  CHECK(settle() >= 1);
+  CHECK_EQ(ember_rrefs_user_state(world.r[2], child), 1);
+  CHECK_EQ(world.released_count, 0); /* 2's fork keeps it */
+  CHECK_EQ(ember_rrefs_owner_forks(world.r[0], rref), 1);
+  ember_rrefs_user_release(world.r[2], child);
+  settle();
+  CHECK_EQ(world.released_count, 1);
+  CHECK(world.released[0] == rref);
+  /* FORK, CONFIRM, CHILD_ACCEPT, its ACK, DELETE, DELETE_ACK: each once. */
+  CHECK_EQ(world.dropped, 6);
+  CHECK(stats_of(1).resent + stats_of(2).resent >= 4);
+  check_nothing_left();
+  teardown();
+}
+
+/* The owner's own CHILD_ACCEPT (its RRef came back to it) is resent too. */
+static void test_owner_accept_survives_lost_messages(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  lose_first_of_every_kind();
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 0), 0);
+  ember_rrefs_user_release(world.r[1], rref);
+  ember_rrefs_owner_received(world.r[0], child, 1);
+  settle();
+  CHECK_EQ(world.released_count, 1);
+  CHECK(stats_of(0).resent >= 1);
+  check_nothing_left();
+  teardown();
+}
+
+/* A CHILD_ACCEPT owed to a peer that is lost is not kept. */
+static void test_accepts_to_a_lost_peer_are_dropped(void) {
+  setup();
+  ember_rref_id_t rref = remote_from_1();
+  uint64_t child = ember_rrefs_new_id(world.r[1]);
+  world.drop[EMBER_MSG_RREF_CHILD_ACCEPT] = 1;
+  CHECK_EQ(ember_rrefs_user_add_child(world.r[1], rref, child, 0), 0);
+  ember_rrefs_owner_received(world.r[0], child, 1);
+  CHECK_EQ(stats_of(0).pending, 1);
+  world.lost[1] = 1;
+  ember_rrefs_peer_lost(world.r[0], 1);
+  CHECK_EQ(stats_of(0).pending, 0);
+  CHECK_EQ(ember_rrefs_resend(world.r[0], 10 * EMBER_RREF_RESEND_MS), 0);
+  teardown();
+}
+
 CHECK_MAIN(CHECK_TEST(test_ids_name_their_creator),
            CHECK_TEST(test_remote_then_release_frees_the_value),
            CHECK_TEST(test_release_before_confirmation_waits_for_it),
@@ -469,4 +601,8 @@ CHECK_MAIN(CHECK_TEST(test_ids_name_their_creator),
            CHECK_TEST(test_owner_lost_with_a_child_in_flight),
            CHECK_TEST(test_a_loss_reported_inside_a_send),
            CHECK_TEST(test_settle_waiters_run_after_the_update),
-           CHECK_TEST(test_no_transient_settling))
+           CHECK_TEST(test_no_transient_settling),
+           CHECK_TEST(test_resend_waits_for_the_answer),
+           CHECK_TEST(test_user_to_user_survives_lost_messages),
+           CHECK_TEST(test_owner_accept_survives_lost_messages),
+           CHECK_TEST(test_accepts_to_a_lost_peer_are_dropped))

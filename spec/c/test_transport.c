@@ -13,6 +13,7 @@ typedef struct {
   ember_transport_t *t;
   int frames;
   int lost;
+  int lost_code;
   int last_kind;
   uint64_t last_id;
   char last_body[64];
@@ -45,8 +46,8 @@ static void on_frame(void *user, int peer, ember_frame_t *frame) {
 static void on_lost(void *user, int peer, int code, const char *why) {
   side_t *side = user;
   (void)peer;
-  (void)code;
   side->lost++;
+  side->lost_code = code;
   snprintf(side->lost_why, sizeof(side->lost_why), "%s", why);
 }
 
@@ -60,8 +61,15 @@ static void on_unknown(void *user, int peer, const char *name) {
                                    side->declare_port) == 0);
 }
 
-static void make_side(ember_loop_t *loop, side_t *side, const char *name,
-                      int id, const char *secret, int *port) {
+/* Options of a side beyond its name and id (zero: the defaults). */
+typedef struct {
+  const char *secret;
+  const char *faults;
+  uint32_t heartbeat_interval_ms, heartbeat_window_ms;
+} side_opts_t;
+
+static void make_side_with(ember_loop_t *loop, side_t *side, const char *name,
+                           int id, const side_opts_t *more, int *port) {
   ember_transport_opts_t opts;
   ember_transport_callbacks_t cb = {side, on_frame, on_lost, on_unknown};
   memset(side, 0, sizeof(*side));
@@ -71,11 +79,20 @@ static void make_side(ember_loop_t *loop, side_t *side, const char *name,
   opts.busy_poll_us = 100;
   opts.name = name;
   opts.id = id;
-  opts.secret = secret;
+  opts.secret = more->secret;
+  opts.faults = more->faults;
+  opts.heartbeat_interval_ms = more->heartbeat_interval_ms;
+  opts.heartbeat_window_ms = more->heartbeat_window_ms;
   ember_wire_default_limits(&opts.limits);
   CHECK(ember_transport_new(loop, &opts, &cb, &side->t) == 0);
   CHECK(ember_transport_listen(side->t, "127.0.0.1", 0, port) == 0);
   CHECK(*port > 0);
+}
+
+static void make_side(ember_loop_t *loop, side_t *side, const char *name,
+                      int id, const char *secret, int *port) {
+  side_opts_t more = {secret, NULL, 0, 0};
+  make_side_with(loop, side, name, id, &more, port);
 }
 
 static void send_text(side_t *from, int to, int kind, uint64_t id,
@@ -101,6 +118,18 @@ static void send_text(side_t *from, int to, int kind, uint64_t id,
     }                                                                          \
     CHECK(cond);                                                               \
   } while (0)
+
+/* Runs the loop for about `ms` milliseconds. */
+static void run_for(ember_loop_t *loop, uint64_t ms) {
+  ember_future_t *timer;
+  CHECK(ember_loop_timer(loop, ms, &timer) == 0);
+  ember_loop_run_until(loop, timer);
+  ember_future_release(timer);
+}
+
+static double seconds_since(uint64_t start_ns) {
+  return (double)(uv_hrtime() - start_ns) / 1e9;
+}
 
 static void close_all(ember_loop_t *loop, side_t *a, side_t *b) {
   ember_transport_close(a->t);
@@ -324,6 +353,206 @@ static void test_bad_input_keeps_serving(void) {
   close_all(loop, &a, &b);
 }
 
+/* --- Liveness, faults and goodbyes ------------------------------------------ */
+
+/* Runs two loops in turns (5 ms each) until `cond` holds or ~4 s pass. */
+#define RUN_BOTH_UNTIL(l1, l2, cond)                                           \
+  do {                                                                         \
+    for (int i_ = 0; i_ < 400 && !(cond); i_++) {                              \
+      run_for((l1), 5);                                                        \
+      run_for((l2), 5);                                                        \
+    }                                                                          \
+    CHECK(cond);                                                               \
+  } while (0)
+
+/* b's loop stops running after the handshake: to a, b went silent as a
+** stopped process or a dead link does, with its connection still open. */
+static void test_heartbeat_finds_a_silent_peer(void) {
+  ember_loop_t *loop, *frozen;
+  side_t a, b;
+  int pa, pb;
+  side_opts_t quick = {NULL, NULL, 100, 600};
+  uint64_t start;
+  double took;
+  ember_transport_stats_t stats;
+  CHECK(ember_loop_new(&loop) == 0);
+  CHECK(ember_loop_new(&frozen) == 0);
+  make_side_with(loop, &a, "a", 0, &quick, &pa);
+  make_side(frozen, &b, "b", 1, NULL, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "hello");
+  RUN_BOTH_UNTIL(loop, frozen, b.frames == 1);
+  send_text(&b, 0, EMBER_MSG_RESPONSE, 1, "last words");
+  RUN_BOTH_UNTIL(loop, frozen, a.frames == 1);
+  /* Only a's loop runs from now on. */
+  start = uv_hrtime();
+  for (int i = 0; i < 300 && a.lost == 0; i++)
+    run_for(loop, 5);
+  took = seconds_since(start);
+  CHECK_EQ(a.lost, 1);
+  CHECK_EQ(a.lost_code, EMBER_EPEERLOST);
+  CHECK(strstr(a.lost_why, "no heartbeat from worker 'b'") != NULL);
+  CHECK(strstr(a.lost_why, "heartbeat window") != NULL);
+  printf("# silent peer found after %.3f s (window 0.6 s)\n", took);
+  CHECK(took >= 0.55 && took <= 0.6 + 0.5);
+  ember_transport_stats(a.t, &stats);
+  CHECK(stats.heartbeats_sent >= 3);
+  /* A call to it now fails at once. */
+  CHECK(ember_transport_send(a.t, 1, EMBER_MSG_REQUEST, 0, 2,
+                             &(ember_wire_msg_t){0}) == EMBER_EPEERLOST);
+  ember_transport_close(b.t);
+  CHECK(ember_loop_close(frozen) == 0);
+  ember_transport_close(a.t);
+  CHECK(ember_loop_close(loop) == 0);
+  CHECK_EQ(ember_future_live_count(), 0);
+}
+
+/* Heartbeats keep an idle connection alive over several windows, in both
+** directions; a loop that stalls for longer than the window does not take
+** its peers for lost. */
+static void test_idle_connection_is_not_lost(void) {
+  ember_loop_t *loop;
+  side_t a, b;
+  int pa, pb;
+  side_opts_t quick = {NULL, NULL, 50, 250};
+  ember_transport_stats_t sa, sb;
+  ember_peer_stats_t ps;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_side_with(loop, &a, "a", 0, &quick, &pa);
+  make_side_with(loop, &b, "b", 1, &quick, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "hello");
+  RUN_UNTIL(loop, b.frames == 1);
+  run_for(loop, 1500); /* six windows */
+  CHECK_EQ(a.lost + b.lost, 0);
+  ember_transport_stats(a.t, &sa);
+  ember_transport_stats(b.t, &sb);
+  CHECK(sa.heartbeats_sent >= 10 && sb.heartbeats_sent >= 10);
+  CHECK(sa.heartbeats_received >= 10 && sb.heartbeats_received >= 10);
+  CHECK(ember_transport_peer_stats(a.t, 1, &ps) == 0);
+  CHECK_EQ(ps.heartbeats_in, sa.heartbeats_received);
+  CHECK(ps.connected);
+  /* Nobody runs the loop for three windows (a process stopped and resumed):
+  ** the bytes wait in the sockets, and nobody is lost for it. */
+  uv_sleep(800);
+  run_for(loop, 300);
+  CHECK_EQ(a.lost + b.lost, 0);
+  send_text(&b, 0, EMBER_MSG_REQUEST, 2, "still here");
+  RUN_UNTIL(loop, a.frames == 1);
+  close_all(loop, &a, &b);
+}
+
+static void test_bad_liveness_options(void) {
+  ember_loop_t *loop;
+  side_t a;
+  ember_transport_opts_t opts;
+  ember_transport_callbacks_t cb = {&a, on_frame, on_lost, on_unknown};
+  ember_transport_t *t = (ember_transport_t *)1;
+  CHECK(ember_loop_new(&loop) == 0);
+  memset(&opts, 0, sizeof(opts));
+  opts.name = "a";
+  ember_wire_default_limits(&opts.limits);
+  opts.heartbeat_interval_ms = 500;
+  opts.heartbeat_window_ms = 500;
+  CHECK(ember_transport_new(loop, &opts, &cb, &t) == EMBER_EINVAL);
+  CHECK(t == NULL);
+  CHECK(strstr(ember_wire_error(), "below the heartbeat window") != NULL);
+  opts.heartbeat_interval_ms = 0;
+  opts.faults = "drop:request:1,drop:nothing:2";
+  CHECK(ember_transport_new(loop, &opts, &cb, &t) == EMBER_EINVAL);
+  CHECK(strstr(ember_wire_error(), "'drop:nothing:2'") != NULL);
+  CHECK(ember_loop_close(loop) == 0);
+}
+
+static void test_faults_drop_and_delay(void) {
+  ember_loop_t *loop;
+  side_t a, b;
+  int pa, pb;
+  side_opts_t lossy = {NULL, "drop:request:2,delay:response:150", 0, 0};
+  ember_transport_stats_t stats;
+  uint64_t start;
+  double took;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_side_with(loop, &a, "a", 0, &lossy, &pa);
+  make_side(loop, &b, "b", 1, NULL, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  /* The first two requests are lost on the wire: sending them succeeds. */
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "one");
+  send_text(&a, 1, EMBER_MSG_REQUEST, 2, "two");
+  send_text(&a, 1, EMBER_MSG_REQUEST, 3, "three");
+  RUN_UNTIL(loop, b.frames == 1);
+  run_for(loop, 50);
+  CHECK_EQ(b.frames, 1);
+  CHECK_EQ(b.last_id, 3);
+  /* Every response waits 150 ms; other kinds do not. */
+  start = uv_hrtime();
+  send_text(&a, 1, EMBER_MSG_RESPONSE, 4, "late");
+  send_text(&a, 1, EMBER_MSG_REQUEST, 5, "prompt");
+  RUN_UNTIL(loop, b.frames == 2);
+  CHECK_EQ(b.last_id, 5);
+  CHECK(ember_transport_unsent_bytes(a.t) > 0); /* the response is held */
+  RUN_UNTIL(loop, b.frames == 3);
+  took = seconds_since(start);
+  CHECK_EQ(b.last_id, 4);
+  CHECK(strcmp(b.last_body + 1, "late") == 0);
+  CHECK(took >= 0.14);
+  ember_transport_stats(a.t, &stats);
+  CHECK_EQ(stats.faults_dropped, 2);
+  CHECK_EQ(stats.faults_delayed, 1);
+  /* A held frame is dropped with the transport. */
+  send_text(&a, 1, EMBER_MSG_RESPONSE, 6, "never");
+  CHECK_EQ(a.lost + b.lost, 0);
+  close_all(loop, &a, &b);
+}
+
+static void test_goodbye_is_resent_until_acknowledged(void) {
+  ember_loop_t *loop;
+  side_t a, b;
+  int pa, pb;
+  side_opts_t lossy = {NULL, "drop:goodbye:1", 0, 0};
+  ember_transport_stats_t stats;
+  ember_peer_stats_t ps;
+  ember_future_t *done;
+  uint64_t start;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_side_with(loop, &a, "a", 0, &lossy, &pa);
+  make_side(loop, &b, "b", 1, NULL, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "hello");
+  RUN_UNTIL(loop, b.frames == 1);
+  start = uv_hrtime();
+  ember_transport_say_goodbye(a.t);
+  done = ember_transport_goodbyes_done(a.t);
+  CHECK(done != NULL);
+  CHECK_EQ(ember_future_state(done), EMBER_FUTURE_PENDING);
+  CHECK(ember_loop_run_until(loop, done) == 0);
+  ember_future_release(done);
+  /* Acknowledged (not given up on after 2 s): the second one arrived. */
+  CHECK(seconds_since(start) < 1.5);
+  ember_transport_stats(a.t, &stats);
+  CHECK_EQ(stats.faults_dropped, 1);
+  CHECK(stats.goodbyes_resent >= 1);
+  CHECK(ember_transport_peer_stats(b.t, 0, &ps) == 0);
+  CHECK(ps.left);
+  /* Saying it again is answered again and changes nothing. */
+  ember_transport_say_goodbye(a.t);
+  done = ember_transport_goodbyes_done(a.t);
+  CHECK(ember_loop_run_until(loop, done) == 0);
+  ember_future_release(done);
+  CHECK_EQ(a.lost + b.lost, 0);
+  /* a closes: b hears it shut down, not that it was lost. */
+  ember_transport_close(a.t);
+  RUN_UNTIL(loop, b.lost == 1);
+  CHECK_EQ(b.lost_code, EMBER_ESHUTDOWN);
+  ember_transport_close(b.t);
+  CHECK(ember_loop_close(loop) == 0);
+  CHECK_EQ(ember_future_live_count(), 0);
+}
+
 /* --- The agent ---------------------------------------------------------------- */
 
 typedef struct {
@@ -344,8 +573,9 @@ static void on_request(void *user, int peer, ember_frame_t *frame) {
   ember_frame_free(frame);
 }
 
-static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
-                       int id, int *port) {
+static void make_agent_with(ember_loop_t *loop, server_t *server,
+                            const char *name, int id, const char *faults,
+                            int *port) {
   ember_transport_opts_t opts;
   ember_agent_callbacks_t cb;
   memset(&cb, 0, sizeof(cb));
@@ -356,10 +586,54 @@ static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
   opts.name = name;
   opts.id = id;
   opts.secret = NULL;
+  opts.faults = faults;
   ember_wire_default_limits(&opts.limits);
   CHECK(ember_agent_new(loop, &opts, &cb, &server->agent) == 0);
   CHECK(ember_transport_listen(ember_agent_transport(server->agent),
                                "127.0.0.1", 0, port) == 0);
+}
+
+static void make_agent(ember_loop_t *loop, server_t *server, const char *name,
+                       int id, int *port) {
+  make_agent_with(loop, server, name, id, NULL, port);
+}
+
+/* A call whose request is lost is never sent again: it times out, and the
+** function did not run. The next call goes through. */
+static void test_agent_never_retries_calls(void) {
+  ember_loop_t *loop;
+  server_t a = {0}, b = {0};
+  int pa, pb;
+  ember_wire_msg_t msg;
+  ember_future_t *lost, *ok;
+  const ember_payload_type_t *type;
+  CHECK(ember_loop_new(&loop) == 0);
+  make_agent_with(loop, &a, "a", 0, "drop:request:1", &pa);
+  make_agent(loop, &b, "b", 1, &pb);
+  CHECK(ember_transport_add_peer(ember_agent_transport(a.agent), 1, "b",
+                                 "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(ember_agent_transport(b.agent), 0, "a",
+                                 "127.0.0.1", pa) == 0);
+  b.answer = 1;
+  ember_wire_msg_init(&msg);
+  CHECK(ember_wire_msg_write(&msg, "\xc0", 1) == 0);
+  CHECK(ember_agent_call(a.agent, 1, &msg, 300, &lost) == 0);
+  CHECK(ember_loop_run_until(loop, lost) == 0);
+  CHECK_EQ(ember_future_error_code(lost), UV_ETIMEDOUT);
+  CHECK(strstr(ember_future_payload(lost, &type), "worker 'b'") != NULL);
+  ember_future_release(lost);
+  CHECK_EQ(b.requests, 0);
+  ember_wire_msg_init(&msg);
+  CHECK(ember_wire_msg_write(&msg, "\x07", 1) == 0);
+  CHECK(ember_agent_call(a.agent, 1, &msg, 2000, &ok) == 0);
+  CHECK(ember_loop_run_until(loop, ok) == 0);
+  CHECK_EQ(ember_future_state(ok), EMBER_FUTURE_DONE);
+  ember_future_release(ok);
+  CHECK_EQ(b.requests, 1);
+  ember_agent_close(a.agent);
+  ember_agent_close(b.agent);
+  CHECK(ember_loop_close(loop) == 0);
+  CHECK_EQ(ember_future_live_count(), 0);
 }
 
 static void test_agent_calls_and_timeouts(void) {
@@ -418,4 +692,10 @@ CHECK_MAIN(CHECK_TEST(test_frames_both_ways),
            CHECK_TEST(test_tensor_payload),
            CHECK_TEST(test_wrong_secret), CHECK_TEST(test_secret_matches),
            CHECK_TEST(test_bad_input_keeps_serving),
-           CHECK_TEST(test_agent_calls_and_timeouts))
+           CHECK_TEST(test_agent_calls_and_timeouts),
+           CHECK_TEST(test_heartbeat_finds_a_silent_peer),
+           CHECK_TEST(test_idle_connection_is_not_lost),
+           CHECK_TEST(test_bad_liveness_options),
+           CHECK_TEST(test_faults_drop_and_delay),
+           CHECK_TEST(test_goodbye_is_resent_until_acknowledged),
+           CHECK_TEST(test_agent_never_retries_calls))
