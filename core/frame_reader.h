@@ -32,11 +32,14 @@
 ** copies). Smaller payloads are gathered in one buffer and become tensors
 ** when the frame is complete.
 **
-** Outside the bound: the reader struct itself (~400 bytes), the caller's own
-** buffers (the transport's 64 KiB staging buffer per connection), and the
-** tensor objects of small payloads, made only when the whole frame has
-** arrived (about 250 bytes each, at most max_tensors of them) and handed over
-** at once with the frame.
+** Outside the bound: the reader struct itself (under 1 KiB), the caller's
+** own buffers (the transport's 64 KiB staging buffer per connection is NOT
+** counted), and the tensors of small payloads, made only when the whole frame
+** has arrived and handed over with it at once (about 300 bytes each with
+** their storage, at most max_tensors of them: ~1.2 MiB with the defaults).
+** A tensor object costs more than the 8 bytes its length takes on the wire
+** can pay for, so no reader that hands out one tensor per payload could keep
+** the bound for a frame of thousands of empty payloads.
 **
 ** Errors: feed and advance return 0, or a negative code with a message for
 ** ember_frame_reader_error ("frame body of 3000000000 bytes exceeds the limit
