@@ -392,8 +392,12 @@ static int agent_add_peer(lua_State *L) {
   const char *name = luaL_checkstring(L, 3);
   const char *host = luaL_checkstring(L, 4);
   int port = (int)luaL_checkinteger(L, 5);
-  int err = ember_transport_add_peer(ember_agent_transport(box->agent), id,
-                                     name, host, port);
+  /* 6th argument: false for a peer whose silence is not a loss (a client). */
+  int watch = lua_isnoneornil(L, 6) || lua_toboolean(L, 6);
+  ember_transport_t *t = ember_agent_transport(box->agent);
+  int err = ember_transport_add_peer(t, id, name, host, port);
+  if (err == 0 && !watch)
+    err = ember_transport_watch_peer(t, id, 0);
   if (err != 0)
     return ember__lua_raise(L, err, "add_peer: %s", ember_wire_error());
   return 0;

@@ -100,6 +100,7 @@ struct peer_s {
   conn_t *outgoing; /* ours, while its handshake runs */
   frame_queue_t queue; /* frames waiting for a ready connection */
   int lost, left, left_reported;
+  int unwatched; /* its silence is not taken for a loss */
   ember_peer_stats_t stats;
   /* Liveness: loop times (ms) we last heard from it and last sent to it. */
   uint64_t last_heard_ms, last_sent_ms;
@@ -478,6 +479,14 @@ int ember_transport_add_peer(ember_transport_t *t, int id, const char *name,
   return 0;
 }
 
+int ember_transport_watch_peer(ember_transport_t *t, int id, int watch) {
+  peer_t *peer = find_peer(t, id);
+  if (peer == NULL)
+    return ember__wire_fail(EMBER_EINVAL, "no peer of id %d", id);
+  peer->unwatched = !watch;
+  return 0;
+}
+
 const char *ember_transport_peer_name(const ember_transport_t *t, int id) {
   peer_t *peer = find_peer(t, id);
   if (peer != NULL)
@@ -646,7 +655,7 @@ static void liveness_cb(uv_timer_t *handle) {
     peer_t *peer = t->peers[i];
     if (peer == NULL || peer->conn == NULL || peer->lost || peer->left)
       continue;
-    if (stalled || peer->last_heard_ms > now)
+    if (stalled || peer->unwatched || peer->last_heard_ms > now)
       peer->last_heard_ms = now;
     if (now - peer->last_heard_ms > t->hb_window_ms) {
       conn_close(peer->conn, EMBER_EPEERLOST,

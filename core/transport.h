@@ -79,13 +79,15 @@ typedef struct {
 } ember_transport_opts_t;
 
 /*
-** The default window is 10 s: a peer must be silent that long to be lost, so
+** The default window is 30 s: a peer must be silent that long to be lost, so
 ** a worker paused for a few seconds (SIGSTOP, a debugger, a swapped-out or
-** overloaded machine, a long collection) survives, while a dead link is still
-** found in seconds rather than TCP's minutes. The interval is a fifth of it,
-** so several heartbeats may be lost or late before a live peer is doubted.
+** overloaded machine, a long collection, Lua that runs a while without
+** turning the loop) survives, while a dead link is still found in half a
+** minute rather than TCP's many minutes. The interval is a fifth of it (at
+** most 2 s), so several heartbeats may be lost or late before a live peer is
+** doubted.
 */
-#define EMBER_HEARTBEAT_WINDOW_MS 10000u
+#define EMBER_HEARTBEAT_WINDOW_MS 30000u
 #define EMBER_HEARTBEAT_INTERVAL_MS 2000u
 
 /* A new transport (not listening yet). The caller owns it: free it with
@@ -106,6 +108,12 @@ void ember__transport_set_park_timeout(ember_transport_t *t, uint64_t ms);
 ** an id below 0 or a second declaration of the same id. */
 int ember_transport_add_peer(ember_transport_t *t, int id, const char *name,
                              const char *host, int port);
+
+/* Whether the peer's silence for a heartbeat window makes it lost (the
+** default, 1). A client's loop may sit in a prompt (the REPL), so workers do
+** not watch clients: they still exchange heartbeats with them. Returns
+** EMBER_EINVAL for an undeclared id. */
+int ember_transport_watch_peer(ember_transport_t *t, int id, int watch);
 
 /* The peer's name, or NULL for an undeclared id. */
 const char *ember_transport_peer_name(const ember_transport_t *t, int id);

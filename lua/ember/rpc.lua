@@ -553,9 +553,12 @@ end
 -- Liveness and fault injection: faults= (or EMBER_FAULTS, see core/faults.h),
 -- heartbeat_window= and heartbeat_interval= in seconds (or
 -- EMBER_HEARTBEAT_WINDOW, EMBER_HEARTBEAT_INTERVAL). A peer silent for the
--- window is lost; the transport's defaults are a 10 s window and a 2 s
--- interval (see EMBER_HEARTBEAT_WINDOW_MS in core/transport.h).
-local DEFAULT_HEARTBEAT_WINDOW = 10
+-- window is lost; the transport's defaults are a 30 s window and a 2 s
+-- interval (see EMBER_HEARTBEAT_WINDOW_MS in core/transport.h). Heartbeats
+-- go out from the loop: a worker that runs Lua for longer than the window
+-- without a wait (which turns the loop) is taken as lost by its peers, so
+-- such work wants a larger window.
+local DEFAULT_HEARTBEAT_WINDOW = 30
 
 local function read_seconds(opts, field, env, fname)
   local value, what = opts[field], field
@@ -928,7 +931,9 @@ local function declare_client(s, id, name)
   if other ~= nil and not (s.clients[other.id] and peer_gone(s, other.id)) then
     error(("the name '%s' is taken by id %d"):format(known, other.id), 0)
   end
-  s.agent:add_peer(id, known, host, port)
+  -- A client may sit at a prompt with its loop stopped: its silence is not
+  -- taken for a loss (it still answers heartbeats when it runs).
+  s.agent:add_peer(id, known, host, port, false)
   local info = worker_info(known, id)
   s.workers[id], s.by_name[known], s.clients[id] = info, info, true
   s.addresses[id] = { host = host, port = port }
