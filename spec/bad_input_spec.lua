@@ -703,6 +703,26 @@ describe("bad input: rpc in a world of one worker", function()
   end)
 end)
 
+describe("bad input: nils in RPC arguments between two processes", function()
+  it("keeps the values after a hole, honours args.n, refuses a bad n", function()
+    local w = world.run("holes", 2, { worker = "spec/fixtures/bad_input/worker.lua",
+      timeout = 120 })
+    world.assert_all_ok(w)
+    local r = w[0].results
+    assert.equal("3:1,nil,3", r.hole)
+    assert.equal("3:1,nil,nil", r.pack)
+    assert.equal("2:nil,2", r.leading)
+    assert.equal("4:a,nil,nil,d", r.sparse)
+    assert.equal("2:nil,nil", r.n_only)
+    assert.equal("0:", r.empty)
+    assert.equal("3:nil,nil,3", r.async)
+    assert.equal("3:1,nil,3", r.remote)
+    assert.equal("3:1,nil,3", r.proxy)
+    assert.matches("rpc_sync: args.n must be an integer >= 0", r.bad_n, 1, true)
+    assert.matches("args[3]: cannot send a thread", r.bad_value, 1, true)
+  end)
+end)
+
 describe("bad input: row counts", function()
   it("has rows for every module", function()
     local parts, total = {}, 0

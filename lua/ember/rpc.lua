@@ -1147,11 +1147,16 @@ local function pack_args(args, fname)
     end
     return args
   end
-  local last = #args
+  -- A list with a hole would travel as a map, and the callee's #args would
+  -- stop at the hole: such a list gets its n.
+  local last, count = 0, 0
   for k in next, args do
-    if math.type(k) == "integer" and k > last then last = k end
+    if math.type(k) == "integer" and k >= 1 then
+      count = count + 1
+      if k > last then last = k end
+    end
   end
-  if last == #args then return args end
+  if count == last then return args end
   local copy = table.move(args, 1, last, 1, {})
   copy.n = last
   return copy
