@@ -565,6 +565,14 @@ local before_init_rows = {
 
 describe("bad input: rpc before init_rpc", function()
   counts.rpc_before_init = rows_of(before_init_rows, rpc_down)
+
+  -- Found here, in parts of rpc.lua other helpers own (read_options,
+  -- listen_address, shutdown): left for them.
+  pending("init_rpc{timeout = NaN} is accepted (read_options: NaN < 0 is false)")
+  pending("init_rpc{master_addr = 5}: 'attempt to index a number' in listen_address")
+  pending("init_rpc{master_port = 1 << 40} names store_serve, not init_rpc's master_port")
+  pending("shutdown(5): 'attempt to index a number value (local 'opts')'")
+  pending("shutdown{timeout = NaN} fails half-way and leaves RPC torn down")
 end)
 
 -- --- RPC in a world of one worker ------------------------------------------------------
