@@ -90,14 +90,36 @@ static int push_interned(lua_State *L, ember_tensor_t *t) {
   return 0;
 }
 
+/*
+** Raises the core's message `msg` as the error of the running binding,
+** prefixed with the name it was called by ("view: ...") when Lua knows it
+** (a method, a field or a metamethod) and the message does not start with
+** it already. `level` is where the location comes from (luaL_where).
+*/
+static int raise_named(lua_State *L, int level, const char *msg) {
+  lua_Debug ar;
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) &&
+      ar.name != NULL && ar.namewhat != NULL &&
+      (strcmp(ar.namewhat, "method") == 0 ||
+       strcmp(ar.namewhat, "field") == 0 ||
+       strcmp(ar.namewhat, "metamethod") == 0)) {
+    name = ar.name;
+  }
+  size_t len = name != NULL ? strlen(name) : 0;
+  luaL_where(L, level);
+  if (name != NULL && !(strncmp(msg, name, len) == 0 && msg[len] == ':')) {
+    lua_pushfstring(L, "%s: %s", name, msg);
+  } else {
+    lua_pushstring(L, msg);
+  }
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
 /* Pushes t, taking the caller's reference. NULL raises the core's error. */
 static void push_tensor(lua_State *L, ember_tensor_t *t) {
-  if (t == NULL) {
-    luaL_where(L, 2);
-    lua_pushstring(L, ember_tensor_error());
-    lua_concat(L, 2);
-    lua_error(L);
-  }
+  if (t == NULL) raise_named(L, 2, ember_tensor_error());
   tensor_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = t;
   luaL_setmetatable(L, TENSOR_METATABLE);
@@ -112,9 +134,19 @@ void ember__lua_push_tensor(lua_State *L, ember_tensor_t *t) {
   if (is_grad_leaf(t)) ember__lua_intern_leaf(L, -1);
 }
 
+/* The tensor at index, or NULL when it is not one; a closed tensor is an
+** error (not "not a tensor", which would hide why). */
 static ember_tensor_t *to_tensor(lua_State *L, int index) {
   tensor_box_t *box = luaL_testudata(L, index, TENSOR_METATABLE);
-  return box != NULL ? box->t : NULL;
+  if (box == NULL) return NULL;
+  if (box->t == NULL) luaL_argerror(L, index, "tensor was closed");
+  return box->t;
+}
+
+/* Whether the value at index is a tensor that was closed. */
+static int is_closed_at(lua_State *L, int index) {
+  tensor_box_t *box = luaL_testudata(L, index, TENSOR_METATABLE);
+  return box != NULL && box->t == NULL;
 }
 
 static ember_tensor_t *check_tensor(lua_State *L, int index) {
@@ -126,7 +158,7 @@ static ember_tensor_t *check_tensor(lua_State *L, int index) {
 
 /* Raises the core's message when rc < 0. */
 static void check_rc(lua_State *L, int rc) {
-  if (rc < 0) luaL_error(L, "%s", ember_tensor_error());
+  if (rc < 0) raise_named(L, 1, ember_tensor_error());
 }
 
 /* A 1-based (or negative) dim at index i to 0-based; `extra` allows ndim+1
@@ -313,6 +345,9 @@ typedef struct {
 static void scan_nested(lua_State *L, int index, int depth,
                         nested_info_t *info, int *shape_known) {
   int type = lua_type(L, index);
+  if (is_closed_at(L, index)) {
+    luaL_error(L, "tensor: a closed tensor inside the data");
+  }
   ember_tensor_t *inner = to_tensor(L, index);
   if (inner != NULL && ember_tensor_numel(inner) != 1) {
     luaL_error(L, "tensor: a tensor of %d elements inside the data; only "
@@ -475,8 +510,16 @@ static int t_is_contiguous(lua_State *L) {
   return 1;
 }
 
+/* is_tensor(v): false for a closed tensor too; is_closed(v) tells it. */
 static int t_is_tensor(lua_State *L) {
-  lua_pushboolean(L, to_tensor(L, 1) != NULL);
+  tensor_box_t *box = luaL_testudata(L, 1, TENSOR_METATABLE);
+  lua_pushboolean(L, box != NULL && box->t != NULL);
+  return 1;
+}
+
+static int t_is_closed(lua_State *L) {
+  tensor_box_t *box = luaL_testudata(L, 1, TENSOR_METATABLE);
+  lua_pushboolean(L, box != NULL && box->t == NULL);
   return 1;
 }
 
@@ -619,10 +662,27 @@ static int t_squeeze(lua_State *L) {
   return 1;
 }
 
+/* A tensor has at most 2^40 elements (core/tensor.c's bound): an expanded
+** view of more would overflow its element count. */
+#define MAX_NUMEL (INT64_C(1) << 40)
+
 static int t_expand(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
   int64_t shape[EMBER_MAX_DIMS];
   int n = check_shape_table(L, 2, shape);
+  int64_t numel = 1;
+  for (int i = 0; i < n; i++) {
+    int64_t size = shape[i] == -1 && i >= n - t->ndim
+                       ? t->shape[i - (n - t->ndim)]
+                       : shape[i];
+    if (size > 0 && numel > MAX_NUMEL / size) {
+      char buf[128];
+      return luaL_error(L, "expand: shape %s is too large (more than 2^40 "
+                           "elements)",
+                        ember_shape_string(shape, n, buf, sizeof buf));
+    }
+    if (size >= 0) numel *= size;
+  }
   push_tensor(L, ember_tensor_expand(t, shape, n));
   return 1;
 }
@@ -739,25 +799,36 @@ static int t_cuda_empty_cache(lua_State *L) {
 
 /* ---- Math ---------------------------------------------------------------------------------- */
 
+/* The operand at i of op `name` as a number: a string that looks like one
+** is not taken (`"1" + t` is a mistake, not arithmetic). */
+static double scalar_operand(lua_State *L, int i, const char *name) {
+  if (lua_type(L, i) != LUA_TNUMBER) {
+    luaL_error(L, "%s: operand %d must be a tensor or a number, got %s", name,
+               i, luaL_typename(L, i));
+  }
+  return lua_tonumber(L, i);
+}
+
 /* a op b where either may be a number. */
-static int binary(lua_State *L, ember_binary_op_t op) {
+static int binary(lua_State *L, ember_binary_op_t op, const char *name) {
   ember_tensor_t *a = to_tensor(L, 1), *b = to_tensor(L, 2);
   if (a != NULL && b != NULL) {
     push_tensor(L, ember_tensor_binary(op, a, b));
   } else if (a != NULL) {
-    double s = luaL_checknumber(L, 2);
+    double s = scalar_operand(L, 2, name);
     push_tensor(L, ember_tensor_binary_scalar(op, a, s, lua_isinteger(L, 2), 0));
   } else if (b != NULL) {
-    double s = luaL_checknumber(L, 1);
+    double s = scalar_operand(L, 1, name);
     push_tensor(L, ember_tensor_binary_scalar(op, b, s, lua_isinteger(L, 1), 1));
   } else {
-    return luaL_typeerror(L, 1, "tensor");
+    return luaL_error(L, "%s: expected a tensor operand, got %s and %s", name,
+                      luaL_typename(L, 1), luaL_typename(L, 2));
   }
   return 1;
 }
 
 #define BINARY_FN(name, op)                                                    \
-  static int t_##name(lua_State *L) { return binary(L, op); }
+  static int t_##name(lua_State *L) { return binary(L, op, #name); }
 BINARY_FN(add, EMBER_OP_ADD)
 BINARY_FN(sub, EMBER_OP_SUB)
 BINARY_FN(mul, EMBER_OP_MUL)
@@ -836,7 +907,8 @@ static int extreme(lua_State *L, ember_reduce_op_t op) {
   }
   if (to_tensor(L, 2) != NULL) { /* elementwise with another tensor */
     return binary(L, op == EMBER_REDUCE_MAX ? EMBER_OP_MAXIMUM
-                                            : EMBER_OP_MINIMUM);
+                                            : EMBER_OP_MINIMUM,
+                  op == EMBER_REDUCE_MAX ? "max" : "min");
   }
   ember_tensor_t *index = NULL;
   ember_tensor_t *values = ember_tensor_reduce(op, t, check_dim(L, 2, t, 0),
@@ -904,6 +976,10 @@ static int join(lua_State *L, int stacked) {
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
+    if (is_closed_at(L, -1)) {
+      return luaL_argerror(L, 1, lua_pushfstring(L, "element %d is a closed "
+                                                    "tensor", i + 1));
+    }
     list[i] = to_tensor(L, -1);
     if (list[i] == NULL) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "element %d is not a "
@@ -1066,18 +1142,33 @@ static int addc_(lua_State *L, int div) {
 static int t_addcmul_(lua_State *L) { return addc_(L, 0); }
 static int t_addcdiv_(lua_State *L) { return addc_(L, 1); }
 
+/* The finite number at i (default def): NaN and infinities make no draws. */
+static double opt_finite(lua_State *L, int i, double def, const char *what) {
+  double v = luaL_optnumber(L, i, def);
+  if (!isfinite(v)) {
+    luaL_argerror(L, i, lua_pushfstring(L, "%s must be a finite number, not "
+                                           "%f", what, v));
+  }
+  return v;
+}
+
 static int t_uniform_(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
-  check_rc(L, ember_tensor_uniform_(t, luaL_optnumber(L, 2, 0),
-                                    luaL_optnumber(L, 3, 1)));
+  double from = opt_finite(L, 2, 0, "from"), to = opt_finite(L, 3, 1, "to");
+  if (from > to) {
+    return luaL_error(L, "uniform_: expects a range [from, to) with from <= "
+                         "to, got from=%f > to=%f", from, to);
+  }
+  check_rc(L, ember_tensor_uniform_(t, from, to));
   lua_settop(L, 1);
   return 1;
 }
 
 static int t_normal_(lua_State *L) {
   ember_tensor_t *t = check_tensor(L, 1);
-  check_rc(L, ember_tensor_normal_(t, luaL_optnumber(L, 2, 0),
-                                   luaL_optnumber(L, 3, 1)));
+  double mean = opt_finite(L, 2, 0, "mean"), std = opt_finite(L, 3, 1, "std");
+  luaL_argcheck(L, std >= 0, 3, "std must be >= 0");
+  check_rc(L, ember_tensor_normal_(t, mean, std));
   lua_settop(L, 1);
   return 1;
 }
@@ -1150,8 +1241,8 @@ static int t_index(lua_State *L) {
       int64_t n = t->shape[0];
       int64_t k = i < 0 ? i + n : i;
       if (k < 0 || k >= n) {
-        return luaL_error(L, "index %d is out of range for a tensor of size %d",
-                          (int)lua_tointeger(L, 2), (int)n);
+        return luaL_error(L, "index %I is out of range for a tensor of size %I",
+                          (lua_Integer)lua_tointeger(L, 2), (lua_Integer)n);
       }
       push_element(L, t, k);
       return 1;
@@ -1225,6 +1316,10 @@ static int t_newindex(lua_State *L) {
   }
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "grad") == 0) {
+    if (!lua_isnil(L, 3) && to_tensor(L, 3) == NULL) {
+      return luaL_error(L, "grad: a gradient must be a tensor or nil, got %s",
+                        luaL_typename(L, 3));
+    }
     ember_tensor_t *g = lua_isnil(L, 3) ? NULL : check_tensor(L, 3);
     if (g != NULL && (!ember_tensor_same_shape(g, t) || g->dtype != t->dtype)) {
       return luaL_error(L, "grad: a gradient must have the tensor's shape and "
@@ -1268,8 +1363,14 @@ static int t_set_methods(lua_State *L) {
   return 0;
 }
 
+#define MAX_THREADS 1024
+
 static int t_set_num_threads(lua_State *L) {
-  check_rc(L, ember_cpu_set_threads((int)luaL_checkinteger(L, 1)));
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= MAX_THREADS, 1,
+                lua_pushfstring(L, "the number of threads must be from 1 to "
+                                   "%d, not %I", MAX_THREADS, n));
+  check_rc(L, ember_cpu_set_threads((int)n));
   return 0;
 }
 
@@ -1291,6 +1392,7 @@ static const luaL_Reg tensor_funcs[] = {
     {"size", t_size}, {"stride", t_stride}, {"dim", t_dim},
     {"numel", t_numel}, {"dtype", t_dtype}, {"device", t_device},
     {"is_contiguous", t_is_contiguous}, {"is_tensor", t_is_tensor},
+    {"is_closed", t_is_closed},
     {"item", t_item}, {"values", t_values}, {"totable", t_totable},
     {"view", t_view}, {"reshape", t_reshape}, {"transpose", t_transpose},
     {"t", t_t}, {"permute", t_permute}, {"narrow", t_narrow},

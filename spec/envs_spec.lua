@@ -367,8 +367,8 @@ describe("CartPole-v1 step", function()
       { { 1, 2, 3 }, "got a table of length 3" },
       { { 1, 2, 3, 4, 5 }, "got a table of length 5" },
       { {}, "got a table of length 0" },
-      { { 1, "a", 3, 4 }, 'env.state[2] must be a number, got "a"' },
-      { { 1, 2, 3, true }, "env.state[4] must be a number, got true" },
+      { { 1, "a", 3, 4 }, 'env.state[2] must be a finite number, got "a"' },
+      { { 1, 2, 3, true }, "env.state[4] must be a finite number, got true" },
       { "abcd", "env.state must be a table of 4 numbers" },
       { 7, "env.state must be a table of 4 numbers" },
     }

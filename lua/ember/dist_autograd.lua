@@ -77,6 +77,7 @@ end
 
 -- The context `ctx` names (the object or its id) on this worker.
 local function check_context(ctx, fname)
+  I.check_state("dist_autograd." .. fname)
   local id = ctx
   if getmetatable(ctx) == Context then id = ctx.id end
   if math.type(id) ~= "integer" then

@@ -77,9 +77,25 @@ end
 
 -- sample([n]): int64 categories 1..K of the batch shape (0-dim for a single
 -- distribution); sample(n) adds a leading dim n, sample({n1, n2}) two.
-function Categorical:sample(sample_shape)
+-- sample_shape: nil, a count or a list of counts (integers >= 0).
+local function check_sample_shape(sample_shape)
   if type(sample_shape) == "number" then sample_shape = { sample_shape } end
   sample_shape = sample_shape or {}
+  if type(sample_shape) ~= "table" or T.is_tensor(sample_shape) then
+    error(("Categorical:sample: sample_shape must be an integer or a list of "
+      .. "integers, got %s"):format(type(sample_shape)), 3)
+  end
+  for i, n in ipairs(sample_shape) do
+    if math.type(n) ~= "integer" or n < 0 then
+      error(("Categorical:sample: sample_shape[%d] must be an integer >= 0, "
+        .. "got %s"):format(i, tostring(n)), 3)
+    end
+  end
+  return sample_shape
+end
+
+function Categorical:sample(sample_shape)
+  sample_shape = check_sample_shape(sample_shape)
   local draws = numel(sample_shape)
   local K = self.num_events
   local rows = numel(self.batch_shape)

@@ -4,6 +4,8 @@ local core = require "ember.core"
 
 local futures = {}
 
+local MAX_TIMER = 1e9
+
 -- futures.Future(): a new pending future.
 futures.Future = core.Future
 
@@ -87,8 +89,12 @@ function futures.wait_any(list, opts)
   local timeout = opts.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or
       timeout < 0) then
-    error("wait_any: timeout must be a number of seconds >= 0", 2)
+    error(("wait_any: timeout must be a number of seconds >= 0, got %s")
+      :format(tostring(timeout)), 2)
   end
+  -- The loop's timers go up to 1e9 s (31 years): a longer timeout (such as
+  -- math.huge) is no timeout.
+  if timeout ~= nil and timeout >= MAX_TIMER then timeout = nil end
   local function split()
     local done, not_done = {}, {}
     for i = 1, n do

@@ -13,8 +13,9 @@ local ember = {
 ember.spawn = core.spawn
 
 local function check_seconds(seconds, fname)
-  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-    error(("%s: seconds must be a number >= 0, got %s"):format(
+  -- The loop's timers go up to 1e9 s (core.timer's bound).
+  if type(seconds) ~= "number" or not (seconds >= 0 and seconds < 1e9) then
+    error(("%s: seconds must be a number from 0 to 1e9, got %s"):format(
       fname, tostring(seconds)), 3)
   end
 end

@@ -32,6 +32,30 @@ local function check_int(fname, what, v, min)
   end
 end
 
+local function check_opts(fname, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(fname, type(opts)), 4)
+  end
+  return opts or {}
+end
+
+local function check_tensor(fname, what, v, level)
+  if not T.is_tensor(v) then
+    error(("%s: %s must be a tensor, got %s"):format(fname, what, type(v)),
+      level or 3)
+  end
+  return v
+end
+
+-- A probability: a number in [0, 1] (NaN is not one).
+local function check_probability(fname, what, p)
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then
+    error(("%s: %s must be a probability in [0, 1], got %s"):format(fname,
+      what, tostring(p)), 4)
+  end
+  return p
+end
+
 local Module = require "ember.nn.module"
 nn.Module = Module
 local is_module = Module.is_module
@@ -43,6 +67,7 @@ local init = {}
 nn.init = init
 
 local function fans(t, fname)
+  check_tensor(fname, "t", t, 4)
   if t:dim() < 2 then
     error(("%s: fan in and fan out need a tensor of at least 2 dims, got %s")
       :format(fname, shape_str(t)), 3)
@@ -53,14 +78,17 @@ local function fans(t, fname)
 end
 
 function init.uniform_(t, a, b)
+  check_tensor("nn.init.uniform_", "t", t)
   return T.no_grad(function() return t:uniform_(a or 0, b or 1) end)
 end
 
 function init.normal_(t, mean, std)
+  check_tensor("nn.init.normal_", "t", t)
   return T.no_grad(function() return t:normal_(mean or 0, std or 1) end)
 end
 
 function init.constant_(t, v)
+  check_tensor("nn.init.constant_", "t", t)
   return T.no_grad(function() return t:fill_(v) end)
 end
 
@@ -109,6 +137,8 @@ function F.dropout(x, p, training) return T.dropout(x, p, training ~= false) end
 
 -- linear(x, weight {out, in}, [bias {out}]) = x @ weight^T + bias
 function F.linear(x, weight, bias)
+  check_tensor("linear", "input", x)
+  check_tensor("linear", "weight", weight)
   local in_features = weight:size(-1)
   if x:dim() == 0 or x:size(-1) ~= in_features then
     error(("linear: input of shape %s does not match weight of shape %s "
@@ -131,6 +161,8 @@ local function reduce(fname, loss, reduction)
 end
 
 function F.mse_loss(input, target, opts)
+  check_tensor("mse_loss", "input", input)
+  check_tensor("mse_loss", "target", target)
   if shape_str(input) ~= shape_str(target) then
     error(("mse_loss: input of shape %s and target of shape %s differ")
       :format(shape_str(input), shape_str(target)), 2)
@@ -169,6 +201,7 @@ local function pick_nll(fname, log_probs, target)
 end
 
 function F.nll_loss(input, target, opts)
+  check_tensor("nll_loss", "input", input)
   return reduce("nll_loss", pick_nll("nll_loss", input, target),
     opts and opts.reduction)
 end
@@ -176,6 +209,7 @@ end
 -- cross_entropy(logits, target): target holds class indices (1-based, an
 -- integer tensor) or class probabilities (a float tensor shaped as input).
 function F.cross_entropy(input, target, opts)
+  check_tensor("cross_entropy", "input", input)
   local reduction = opts and opts.reduction
   local log_probs = input:log_softmax(class_dim(input))
   if T.is_tensor(target) and target:dtype():match("^float") then
@@ -197,7 +231,7 @@ nn.Linear = Linear
 
 -- Linear(in, out, {bias = true, dtype =}): weight {out, in}, PyTorch's init.
 function Linear:init(in_features, out_features, opts)
-  opts = opts or {}
+  opts = check_opts("Linear", opts)
   check_int("Linear", "in_features", in_features)
   check_int("Linear", "out_features", out_features)
   self.in_features, self.out_features = in_features, out_features
@@ -242,25 +276,35 @@ local Dropout = Module:extend("Dropout")
 nn.Dropout = Dropout
 function Dropout:init(p)
   if type(p) == "table" then p = p.p end
-  p = p or 0.5
-  if type(p) ~= "number" or p < 0 or p > 1 then
-    error(("Dropout: p must be a probability in [0, 1], got %s"):format(
-      tostring(p)), 3)
-  end
-  self.p = p
+  self.p = check_probability("Dropout", "p", p or 0.5)
 end
 function Dropout:forward(x) return T.dropout(x, self.p, self.training) end
 function Dropout:extra_repr() return "p=" .. tostring(self.p) end
 
 local function dim_layer(name, op)
   local cls = Module:extend(name)
-  function cls:init(dim) self.dim = dim or -1 end
-  function cls:forward(x) return x[op](x, self.dim) end
+  function cls:init(dim)
+    if dim ~= nil and (math.type(dim) ~= "integer" or dim == 0) then
+      error(("%s: dim must be a non-zero integer, got %s"):format(name,
+        tostring(dim)), 3)
+    end
+    self.dim = dim or -1
+  end
+  function cls:forward(x)
+    local y = op(x, self.dim) -- not a tail call: errors name the op
+    return y
+  end
   function cls:extra_repr() return "dim=" .. tostring(self.dim) end
   return cls
 end
-nn.Softmax = dim_layer("Softmax", "softmax")
-nn.LogSoftmax = dim_layer("LogSoftmax", "log_softmax")
+nn.Softmax = dim_layer("Softmax", function(x, dim)
+  local y = x:softmax(dim)
+  return y
+end)
+nn.LogSoftmax = dim_layer("LogSoftmax", function(x, dim)
+  local y = x:log_softmax(dim)
+  return y
+end)
 
 local Flatten = Module:extend("Flatten")
 nn.Flatten = Flatten
@@ -307,7 +351,7 @@ end
 local Embedding = Module:extend("Embedding")
 nn.Embedding = Embedding
 function Embedding:init(num_embeddings, embedding_dim, opts)
-  opts = opts or {}
+  opts = check_opts("Embedding", opts)
   check_int("Embedding", "num_embeddings", num_embeddings, 1)
   check_int("Embedding", "embedding_dim", embedding_dim, 1)
   self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
@@ -356,7 +400,7 @@ function LSTM:init(input_size, hidden_size, opts, more)
     for k, v in pairs(more or {}) do merged[k] = v end
     opts = merged
   end
-  opts = opts or {}
+  opts = check_opts("LSTM", opts)
   check_int("LSTM", "input_size", input_size, 1)
   check_int("LSTM", "hidden_size", hidden_size, 1)
   local num_layers = opts.num_layers or 1
@@ -366,6 +410,7 @@ function LSTM:init(input_size, hidden_size, opts, more)
   self.bias = opts.bias ~= false
   self.batch_first = opts.batch_first == true
   self.dropout = opts.dropout or 0
+  check_probability("LSTM", "dropout", self.dropout)
   local H, o = hidden_size, { dtype = opts.dtype, requires_grad = true }
   for l = 0, num_layers - 1 do
     local in_l = l == 0 and input_size or H
@@ -388,6 +433,11 @@ end
 -- in} ({batch, seq, in} if batch_first) or unbatched {seq, in}; h0 and c0
 -- are {num_layers, batch, H} ({num_layers, H} unbatched), zeros if absent.
 function LSTM:forward(input, hx)
+  check_tensor("LSTM", "input", input)
+  if hx ~= nil and type(hx) ~= "table" then
+    error(("LSTM: the state must be a table {h0, c0}, got %s"):format(
+      type(hx)), 2)
+  end
   local H, L = self.hidden_size, self.num_layers
   local unbatched = input:dim() == 2
   if (input:dim() ~= 2 and input:dim() ~= 3) or
@@ -408,6 +458,7 @@ function LSTM:forward(input, hx)
       s = T.zeros({ L, batch, H }, { dtype = input:dtype(),
         device = input:device() })
     else
+      check_tensor("LSTM", i == 1 and "h0" or "c0", s)
       local want = unbatched and ("[%d, %d]"):format(L, H)
         or ("[%d, %d, %d]"):format(L, batch, H)
       if shape_str(s) ~= want then
@@ -471,6 +522,7 @@ end
 local function loss_class(name, fn)
   local cls = Module:extend(name)
   function cls:init(opts)
+    check_opts(name, opts)
     self.reduction = (opts and opts.reduction) or "mean"
     reduce(name, T.zeros(1), self.reduction) -- validates it now
   end
@@ -490,9 +542,19 @@ nn.NLLLoss = loss_class("NLLLoss", F.nll_loss)
 
 nn.utils = {}
 
-local function param_list(params)
+local function param_list(params, fname)
   if is_module(params) then return params:parameters() end
   if T.is_tensor(params) then return { params } end
+  if type(params) ~= "table" then
+    error(("%s: params must be a module, a tensor or a list of tensors, got %s")
+      :format(fname, type(params)), 3)
+  end
+  for i, p in ipairs(params) do
+    if not T.is_tensor(p) then
+      error(("%s: params[%d] is not a tensor (got %s)"):format(fname, i,
+        type(p)), 3)
+    end
+  end
   return params
 end
 
@@ -501,8 +563,18 @@ end
 -- before clipping, a number.
 function nn.utils.clip_grad_norm_(params, max_norm, norm_type)
   norm_type = norm_type or 2
+  local fname = "clip_grad_norm_"
+  local list = param_list(params, fname)
+  if type(max_norm) ~= "number" or not (max_norm >= 0) then
+    error(("%s: max_norm must be a number >= 0, got %s"):format(fname,
+      tostring(max_norm)), 2)
+  end
+  if type(norm_type) ~= "number" or not (norm_type > 0) then
+    error(("%s: norm_type must be a number > 0, got %s"):format(fname,
+      tostring(norm_type)), 2)
+  end
   local grads = {}
-  for _, p in ipairs(param_list(params)) do
+  for _, p in ipairs(list) do
     if p.grad ~= nil then grads[#grads + 1] = p.grad end
   end
   if #grads == 0 then return 0.0 end
@@ -526,7 +598,7 @@ end
 
 function nn.utils.parameters_to_vector(params)
   local flat = {}
-  for i, p in ipairs(param_list(params)) do flat[i] = p:reshape({ p:numel() }) end
+  for i, p in ipairs(param_list(params, "parameters_to_vector")) do flat[i] = p:reshape({ p:numel() }) end
   return T.cat(flat)
 end
 

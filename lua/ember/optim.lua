@@ -48,6 +48,11 @@ end
 
 function Optimizer:add_param_group(group)
   local fname = self.name
+  if type(group) ~= "table" or T.is_tensor(group) then
+    error(("%s:add_param_group: expected a table {params = ..., [options]}, "
+      .. "got %s"):format(fname, T.is_tensor(group) and "a tensor" or
+        type(group)), 2)
+  end
   if is_module(group) then group = { params = group:parameters() } end
   local params = group.params
   if is_module(params) then params = params:parameters() end
@@ -66,6 +71,13 @@ function Optimizer:add_param_group(group)
   end
   self:_check_group(copy)
   self.param_groups[#self.param_groups + 1] = copy
+end
+
+local function check_opts(name, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(name, type(opts)), 3)
+  end
+  return opts or {}
 end
 
 local function new_optimizer(cls, name, params, defaults)
@@ -106,6 +118,10 @@ end
 -- step([closure]): one update of every parameter that has a gradient.
 -- closure, if given, re-evaluates the loss (with grad on) and returns it.
 function Optimizer:step(closure)
+  if closure ~= nil and type(closure) ~= "function" then
+    error(("%s:step: closure must be a function, got %s"):format(self.name,
+      type(closure)), 2)
+  end
   local loss
   if closure ~= nil then loss = T.enable_grad(closure) end
   T.no_grad(function()
@@ -168,9 +184,16 @@ function Optimizer:load_state_dict(sd)
     error(("%s: the state_dict has %d parameter groups, the optimizer %d")
       :format(fname, #sd.param_groups, #self.param_groups), 2)
   end
+  if sd.state ~= nil and type(sd.state) ~= "table" then
+    error(fname .. ": state must be a table, got " .. type(sd.state), 2)
+  end
   local by_index = {}
   for gi, g in ipairs(self.param_groups) do
     local saved = sd.param_groups[gi]
+    if type(saved) ~= "table" or type(saved.params) ~= "table" then
+      error(("%s: param_groups[%d] must be a table with a params list, got %s")
+        :format(fname, gi, type(saved)), 2)
+    end
     if #saved.params ~= #g.params then
       error(("%s: parameter group %d has %d parameters in the state_dict, %d "
         .. "in the optimizer"):format(fname, gi, #saved.params, #g.params), 2)
@@ -190,7 +213,8 @@ function Optimizer:load_state_dict(sd)
 end
 
 local function check_number(fname, what, v, lo, hi)
-  if type(v) ~= "number" or v < lo or (hi ~= nil and v >= hi) then
+  -- NaN fails `v >= lo`: it is no learning rate.
+  if type(v) ~= "number" or not (v >= lo) or (hi ~= nil and v >= hi) then
     error(("%s: invalid %s %s (must be %s)"):format(fname, what,
       tostring(v), hi and ("in [%s, %s)"):format(lo, hi) or ">= " .. lo), 6)
   end
@@ -205,7 +229,7 @@ optim.SGD_class = SGD
 -- SGD(params, {lr =, momentum = 0, dampening = 0, weight_decay = 0,
 -- nesterov = false, maximize = false})
 function optim.SGD(params, opts)
-  opts = opts or {}
+  opts = check_opts("SGD", opts)
   local defaults = { lr = opts.lr, momentum = opts.momentum or 0,
     dampening = opts.dampening or 0, weight_decay = opts.weight_decay or 0,
     nesterov = opts.nesterov or false, maximize = opts.maximize or false }
@@ -216,6 +240,7 @@ function SGD:_check_group(g)
   if g.lr == nil then error("SGD: lr is required (e.g. {lr = 0.01})", 5) end
   check_number("SGD", "lr", g.lr, 0)
   check_number("SGD", "momentum", g.momentum, 0)
+  check_number("SGD", "dampening", g.dampening, 0)
   check_number("SGD", "weight_decay", g.weight_decay, 0)
   if g.nesterov and (g.momentum <= 0 or g.dampening ~= 0) then
     error("SGD: nesterov momentum needs momentum > 0 and dampening = 0", 5)
@@ -247,7 +272,7 @@ optim.Adam_class = Adam
 -- Adam(params, {lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8,
 -- weight_decay = 0, amsgrad = false, maximize = false})
 function optim.Adam(params, opts)
-  opts = opts or {}
+  opts = check_opts("Adam", opts)
   local defaults = { lr = opts.lr or 1e-3, betas = opts.betas or { 0.9, 0.999 },
     eps = opts.eps or 1e-8, weight_decay = opts.weight_decay or 0,
     amsgrad = opts.amsgrad or false, maximize = opts.maximize or false }

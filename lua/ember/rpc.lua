@@ -31,6 +31,9 @@ end
 
 -- --- Classes that travel ----------------------------------------------------
 
+-- Metatables registered with rpc.register_class -> their names.
+local registered = setmetatable({}, { __mode = "k" })
+
 -- rpc.register_class(name, mt): instances of mt may travel by value.
 function rpc.register_class(name, mt)
   if type(name) ~= "string" or name == "" then
@@ -40,6 +43,7 @@ function rpc.register_class(name, mt)
     error("register_class: mt must be a metatable (a table)", 2)
   end
   core.wire_register_class(name, mt)
+  registered[mt] = name
   return mt
 end
 
@@ -1240,6 +1244,86 @@ local function function_arg(fn, fname)
     fname, kind)
 end
 
+-- --- Arguments --------------------------------------------------------------------
+--
+-- args is a list; nils inside it travel when it says how long it is with a
+-- field n, as table.pack gives ({n = 3, 1, nil, 3}). Without n its length is
+-- its largest positive integer key, so {1, nil, 3} sends three values too.
+-- The callee unpacks args[1..n].
+
+-- args ready to send: args itself when it has n or no hole, else a copy
+-- with n (the caller's table is left as it is).
+local function pack_args(args, fname)
+  if args == nil then return {} end
+  if type(args) ~= "table" then
+    fail("EINVAL", "%s: args must be a table (a list), got %s", fname,
+      type(args))
+  end
+  local n = rawget(args, "n")
+  if n ~= nil then
+    if math.type(n) ~= "integer" or n < 0 then
+      fail("EINVAL", "%s: args.n must be an integer >= 0 (the number of " ..
+        "arguments), got %s", fname, tostring(n))
+    end
+    return args
+  end
+  -- A list with a hole would travel as a map, and the callee's #args would
+  -- stop at the hole: such a list gets its n.
+  local last, count = 0, 0
+  for k in next, args do
+    if math.type(k) == "integer" and k >= 1 then
+      count = count + 1
+      if k > last then last = k end
+    end
+  end
+  if count == last then return args end
+  local copy = table.move(args, 1, last, 1, {})
+  copy.n = last
+  return copy
+end
+
+-- A call to this worker itself does not encode its arguments, but what could
+-- not travel to another worker fails here too, naming its place in args as
+-- the wire's encoder does (args[2].foo).
+local function check_travels(value, path, fname, on_path)
+  local kind = type(value)
+  if kind == "nil" or kind == "boolean" or kind == "number" or
+      kind == "string" then
+    return
+  end
+  if kind == "function" then
+    local ref, why = function_ref(value)
+    if ref == nil then fail("EINVAL", "%s: %s: %s", fname, path, why) end
+    return
+  end
+  local mt = getmetatable(value)
+  if kind == "userdata" and core.tensor.is_tensor(value) then return end
+  if mt ~= nil and registered[mt] ~= nil then return end
+  if kind ~= "table" then
+    fail("EINVAL", "%s: %s: cannot send a %s", fname, path, kind)
+  end
+  if mt ~= nil then
+    fail("EINVAL", "%s: %s: a table with a metatable that is not registered " ..
+      "with rpc.register_class", fname, path)
+  end
+  if on_path[value] then
+    fail("EINVAL", "%s: %s: a cycle (the table is already being sent)", fname,
+      path)
+  end
+  on_path[value] = true
+  for k, v in next, value do
+    local key_kind = type(k)
+    if key_kind ~= "string" and key_kind ~= "number" and key_kind ~= "boolean" then
+      fail("EINVAL", "%s: %s: a table key of type %s cannot be sent (keys " ..
+        "may be strings, numbers or booleans)", fname, path, key_kind)
+    end
+    local sub = key_kind == "string" and k:match("^[%a_][%w_]*$") and
+      path .. "." .. k or path .. "[" .. tostring(k) .. "]"
+    check_travels(v, sub, fname, on_path)
+  end
+  on_path[value] = nil
+end
+
 -- A call to this worker itself runs here, as a task (in the caller's
 -- autograd context: its tensors are the caller's, graph and all).
 local function call_self(fn, args, ctx)
@@ -1251,27 +1335,30 @@ local function call_self(fn, args, ctx)
   end)
 end
 
--- rpc.rpc_async(to, fn, args, {timeout=}): a future of fn(table.unpack(args))
--- run on `to`.
-function rpc.rpc_async(to, fn, args, opts)
-  local s = check_state("rpc_async")
-  local id = peer_id(s, to, "rpc_async")
-  local ref = function_arg(fn, "rpc_async")
-  if args == nil then
-    args = {}
-  elseif type(args) ~= "table" then
-    fail("EINVAL", "rpc_async: args must be a table (a list), got %s", type(args))
-  end
-  local timeout = call_options(s, opts, "rpc_async")
+local function call_async(fname, to, fn, args, opts)
+  local s = check_state(fname)
+  local id = peer_id(s, to, fname)
+  local ref = function_arg(fn, fname)
+  args = pack_args(args, fname)
+  local timeout = call_options(s, opts, fname)
   local ctx = current_context()
-  if id == s.rank then return call_self(ref, args, ctx) end
+  if id == s.rank then
+    check_travels(args, "args", fname, {})
+    return call_self(ref, args, ctx)
+  end
   if ctx ~= nil then args = autograd.wrap_request(ctx, id, args) end
   return rpc._internal.send_to(id, s.agent.call, s.agent, id, ref, args, timeout)
 end
 
+-- rpc.rpc_async(to, fn, args, {timeout=}): a future of fn(table.unpack(args,
+-- 1, args.n)) run on `to`.
+function rpc.rpc_async(to, fn, args, opts)
+  return call_async("rpc_async", to, fn, args, opts)
+end
+
 -- rpc.rpc_sync(to, fn, args, {timeout=}): the value, or raises its error.
 function rpc.rpc_sync(to, fn, args, opts)
-  return rpc.rpc_async(to, fn, args, opts):wait()
+  return call_async("rpc_sync", to, fn, args, opts):wait()
 end
 
 -- rpc.stats(): counters for calls, bytes and in-flight work, also per peer.
@@ -1390,6 +1477,10 @@ rpc._internal = {
   peer_id = function(s, to, fname) return peer_id(s, to, fname) end,
   call_options = function(s, opts, fname) return call_options(s, opts, fname) end,
   function_arg = function(fn, fname) return function_arg(fn, fname) end,
+  pack_args = function(args, fname) return pack_args(args, fname) end,
+  check_travels = function(value, path, fname)
+    return check_travels(value, path, fname, {})
+  end,
   run_function = run_function,
   to_remote_error = to_remote_error,
   remote_error = remote_error,

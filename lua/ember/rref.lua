@@ -237,13 +237,10 @@ function rpc.remote(to, fn, args, opts)
   local s = state_or_fail("remote")
   local dest = I.peer_id(s, to, "remote")
   local ref = I.function_arg(fn, "remote")
-  if args == nil then
-    args = {}
-  elseif type(args) ~= "table" then
-    I.fail("EINVAL", "remote: args must be a table (a list), got %s", type(args))
-  end
+  args = I.pack_args(args, "remote")
   local timeout = I.call_options(s, opts, "remote")
   if dest == s.rank then
+    I.check_travels(args, "args", "remote")
     return owner_rref(s, start_value(new_record(s.agent:rref_new_id()), ref,
       args))
   end
@@ -264,19 +261,23 @@ function rpc.remote(to, fn, args, opts)
 end
 
 function RRef:owner()
+  check_rref(self, "owner")
   local s = state_or_fail("owner")
   return s.workers[self.owner_id]
 end
 
 function RRef:owner_name()
+  check_rref(self, "owner_name")
   return worker_name(state_or_fail("owner_name"), self.owner_id)
 end
 
 function RRef:is_owner()
+  check_rref(self, "is_owner")
   return self.rec ~= nil
 end
 
 function RRef:confirmed_by_owner()
+  check_rref(self, "confirmed_by_owner")
   if self.rec then return true end
   return self.agent:rref_user_state(self.fork) == true
 end
@@ -292,8 +293,18 @@ function RRef:local_value()
 end
 
 -- A copy of the value, fetched from the owner (the value itself on it).
+-- A timeout in seconds: a number >= 0 (not NaN), or nil for the world's.
+local function check_timeout(fname, timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    I.fail("EINVAL", "%s: timeout must be a number of seconds >= 0, got %s",
+      fname, tostring(timeout))
+  end
+  return timeout
+end
+
 function RRef:to_here(timeout)
   check_rref(self, "to_here")
+  check_timeout("to_here", timeout)
   if self.rec then return self.rec.future:wait() end
   return self:_checked(rpc.rpc_sync, FETCH, { self.id,
     state_or_fail("to_here").rank },
@@ -326,11 +337,11 @@ end
 
 local function proxy_options(fname, timeout)
   if timeout == nil then return nil end
-  if type(timeout) == "table" then return timeout end
-  if type(timeout) ~= "number" then
-    error(("%s: timeout must be a number of seconds"):format(fname), 3)
+  if type(timeout) == "table" then
+    check_timeout(fname, timeout.timeout)
+    return timeout
   end
-  return { timeout = timeout }
+  return { timeout = check_timeout(fname, timeout) }
 end
 
 function RRef:rpc_sync(timeout)

@@ -47,6 +47,49 @@ local function shape_and_options(fname, ...)
   return shape, opts or {}
 end
 
+-- The sizes of a new tensor: integers >= 0 (a shape given as a table is
+-- checked here too, so the error names the function and the size).
+local function check_sizes(fname, shape)
+  if type(shape) ~= "table" then
+    error(("%s: the shape must be a table or sizes, got %s"):format(fname,
+      type(shape)), 3)
+  end
+  for i = 1, #shape do
+    local size = shape[i]
+    if math.type(size) ~= "integer" or size < 0 then
+      error(("%s: size %d must be an integer >= 0, got %s"):format(fname, i,
+        tostring(size)), 3)
+    end
+  end
+  return shape
+end
+
+local function check_options(fname, opts)
+  if type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(fname, type(opts)), 3)
+  end
+  return opts
+end
+
+-- A 1-based dim of t (negative counts from the end), checked for ops
+-- composed in Lua so that the error names them.
+local function check_dim(fname, t, dim, what)
+  local n = C.dim(t)
+  if math.type(dim) ~= "integer" or dim == 0 or dim > n or dim < -n then
+    error(("%s: %s must be a dimension from 1 to %d (or -%d to -1), got %s")
+      :format(fname, what or "dim", n, n, tostring(dim)), 3)
+  end
+  return dim
+end
+
+local function check_tensor(fname, t, what)
+  if not C.is_tensor(t) then
+    error(("%s: %s must be a tensor, got %s"):format(fname, what or "input",
+      C.is_closed(t) and "a closed tensor" or type(t)), 3)
+  end
+  return t
+end
+
 local function apply_options(t, opts)
   if opts.requires_grad then C.requires_grad_(t, true) end
   return t
@@ -78,6 +121,7 @@ end
 local function filled(fname, value)
   return function(...)
     local shape, opts = shape_and_options(fname, ...)
+    check_sizes(fname, shape)
     local device = check_device(opts, fname)
     return apply_options(C.full(shape, value, opts.dtype, device), opts)
   end
@@ -95,10 +139,11 @@ local function dtype_of_value(value)
 end
 
 function T.full(shape, value, opts)
-  opts = opts or {}
+  opts = check_options("full", opts or {})
   if type(shape) ~= "table" then
     error("full: shape must be a table, got " .. type(shape), 2)
   end
+  check_sizes("full", shape)
   if type(value) ~= "number" and type(value) ~= "boolean" then
     error("full: value must be a number or boolean, got " .. type(value), 2)
   end
@@ -111,6 +156,7 @@ end
 local function random(fname, fill)
   return function(...)
     local shape, opts = shape_and_options(fname, ...)
+    check_sizes(fname, shape)
     local device = check_device(opts, fname)
     return apply_options(fill(shape, opts.dtype, device), opts)
   end
@@ -122,7 +168,7 @@ T.randn = random("randn", C.randn)
 -- tensor(data, opts): from nested tables of numbers or booleans, a number
 -- (a 0-dim tensor) or a tensor (a copy).
 function T.tensor(data, opts)
-  opts = opts or {}
+  opts = check_options("tensor", opts or {})
   local device = check_device(opts, "tensor")
   local t
   if is_tensor(data) then
@@ -154,7 +200,10 @@ function T.arange(...)
 end
 
 function T.eye(n, opts)
-  opts = opts or {}
+  opts = check_options("eye", opts or {})
+  if math.type(n) ~= "integer" or n < 0 then
+    error(("eye: n must be an integer >= 0, got %s"):format(tostring(n)), 2)
+  end
   local device = check_device(opts, "eye")
   return apply_options(placed(C.eye(n, opts.dtype), device), opts)
 end
@@ -162,7 +211,8 @@ end
 -- *_like(t, opts): t's shape, dtype and device unless opts say otherwise.
 local function like(fname, make)
   return function(t, opts)
-    opts = opts or {}
+    check_tensor(fname, t)
+    opts = check_options(fname, opts or {})
     local device = check_device(opts, fname) or C.device(t)
     return apply_options(make(C.size(t), opts.dtype or C.dtype(t), device),
       opts)
@@ -177,7 +227,12 @@ T.empty_like = T.zeros_like
 T.rand_like = like("rand_like", C.rand)
 T.randn_like = like("randn_like", C.randn)
 function T.full_like(t, value, opts)
-  opts = opts or {}
+  check_tensor("full_like", t)
+  opts = check_options("full_like", opts or {})
+  if type(value) ~= "number" and type(value) ~= "boolean" then
+    error("full_like: value must be a number or boolean, got " .. type(value), 2)
+  end
+  if type(value) == "boolean" then value = value and 1 or 0 end
   local device = check_device(opts, "full_like") or C.device(t)
   return apply_options(C.full(C.size(t), value, opts.dtype or C.dtype(t),
     device), opts)
@@ -258,6 +313,9 @@ end
 -- "cuda:0"), or an error saying why it cannot be used here.
 function T.device(what)
   if is_tensor(what) then return C.device(what) end
+  if what == nil then
+    error("device: expected a tensor or a device name such as 'cuda:0', got nil", 2)
+  end
   return check_device({ device = what }, "device")
 end
 
@@ -278,22 +336,29 @@ function methods.backward(t, gradient, opts)
   if type(gradient) == "table" and not is_tensor(gradient) then
     gradient, opts = nil, gradient
   end
+  if opts ~= nil then check_options("backward", opts) end
   C.backward(t, gradient, opts ~= nil and opts.retain_graph or false)
 end
 T.backward = methods.backward
 
--- Shape-taking methods accept varargs or a table.
-local function shaped(fname, fn)
-  return function(t, ...)
-    local shape = shape_and_options(fname, ...)
-    return fn(t, shape)
-  end
+-- Shape-taking methods accept varargs or a table. Each calls C.<name> as a
+-- field and not as a tail call, so that the core's errors name it.
+function methods.view(t, ...)
+  local r = C.view(t, (shape_and_options("view", ...)))
+  return r
 end
-
-methods.view = shaped("view", C.view)
-methods.reshape = shaped("reshape", C.reshape)
-methods.expand = shaped("expand", C.expand)
-methods.permute = shaped("permute", C.permute)
+function methods.reshape(t, ...)
+  local r = C.reshape(t, (shape_and_options("reshape", ...)))
+  return r
+end
+function methods.expand(t, ...)
+  local r = C.expand(t, (shape_and_options("expand", ...)))
+  return r
+end
+function methods.permute(t, ...)
+  local r = C.permute(t, (shape_and_options("permute", ...)))
+  return r
+end
 T.view, T.reshape, T.expand, T.permute =
   methods.view, methods.reshape, methods.expand, methods.permute
 
@@ -306,13 +371,18 @@ function methods.view_as(t, other)
 end
 
 function methods.flatten(t, start_dim, end_dim)
+  check_tensor("flatten", t)
   local shape = C.size(t)
   local n = #shape
   if n == 0 then return C.reshape(t, { 1 }) end
-  start_dim = start_dim or 1
-  end_dim = end_dim or -1
+  start_dim = check_dim("flatten", t, start_dim or 1, "start_dim")
+  end_dim = check_dim("flatten", t, end_dim or -1, "end_dim")
   if start_dim < 0 then start_dim = start_dim + n + 1 end
   if end_dim < 0 then end_dim = end_dim + n + 1 end
+  if start_dim > end_dim then
+    error(("flatten: start_dim %d comes after end_dim %d"):format(start_dim,
+      end_dim), 2)
+  end
   local out, merged = {}, 1
   for i = 1, n do
     if i < start_dim or i > end_dim then
@@ -386,7 +456,7 @@ T.masked_fill = methods.masked_fill
 
 -- addmm(bias, a, b, [{beta =, alpha =}]): beta * bias + alpha * a @ b.
 function methods.addmm(bias, a, b, opts)
-  opts = opts or {}
+  opts = check_options("addmm", opts or {})
   return C.addmm(bias, a, b, opts.beta, opts.alpha)
 end
 T.addmm = methods.addmm
@@ -401,7 +471,9 @@ T.mv = C.matmul
 -- var/std(t, [dim], [{unbiased = true, keepdim = false}]) as PyTorch's.
 function methods.var(t, dim, opts)
   if type(dim) == "table" then dim, opts = nil, dim end
-  opts = opts or {}
+  check_tensor("var", t)
+  if dim ~= nil then check_dim("var", t, dim) end
+  opts = check_options("var", opts or {})
   local unbiased = opts.unbiased ~= false
   local n = dim == nil and C.numel(t) or C.size(t, dim)
   local centred = t - C.mean(t, dim, true)
@@ -417,6 +489,9 @@ T.var, T.std = methods.var, methods.std
 -- norm(t, [p = 2]): the p-norm of all elements.
 function methods.norm(t, p)
   p = p or 2
+  if type(p) ~= "number" or p ~= p then
+    error(("norm: p must be a number, got %s"):format(tostring(p)), 2)
+  end
   if p == 2 then return C.sqrt(C.sum(t * t)) end
   return C.pow(C.sum(C.pow(C.abs(t), p)), 1 / p)
 end
@@ -428,7 +503,8 @@ function methods.split(t, size, dim)
     error(("split: size must be an integer >= 1, got %s"):format(
       tostring(size)), 2)
   end
-  dim = dim or 1
+  check_tensor("split", t)
+  dim = check_dim("split", t, dim or 1)
   local total, parts, start = C.size(t, dim), {}, 1
   while start <= total do
     local length = math.min(size, total - start + 1)
@@ -443,12 +519,14 @@ function methods.chunk(t, n, dim)
     error(("chunk: the number of chunks must be an integer >= 1, got %s")
       :format(tostring(n)), 2)
   end
-  local total = C.size(t, dim or 1)
+  check_tensor("chunk", t)
+  local total = C.size(t, check_dim("chunk", t, dim or 1))
   return methods.split(t, math.max(1, (total + n - 1) // n), dim)
 end
 
 function methods.unbind(t, dim)
-  dim = dim or 1
+  check_tensor("unbind", t)
+  dim = check_dim("unbind", t, dim or 1)
   local parts = {}
   for i = 1, C.size(t, dim) do parts[i] = C.select(t, dim, i) end
   return parts
@@ -473,9 +551,11 @@ T.clamp_min = methods.clamp_min
 -- dropout(x, p, training): zeroes elements with probability p and scales
 -- the rest by 1 / (1 - p), as PyTorch's inverted dropout.
 function T.dropout(x, p, training)
+  check_tensor("dropout", x)
   p = p or 0.5
-  if p < 0 or p > 1 then
-    error(("dropout: probability must be in [0, 1], got %s"):format(p), 2)
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then -- NaN fails too
+    error(("dropout: probability must be in [0, 1], got %s"):format(
+      tostring(p)), 2)
   end
   if training == false or p == 0 then return x end
   if p == 1 then return x * 0 end
@@ -491,6 +571,7 @@ T.sigmoid, T.tanh = C.sigmoid, C.tanh
 -- ---- Printing ----------------------------------------------------------------
 
 local function tensor_tostring(t)
+  if C.is_closed(t) then return "tensor(closed)" end
   local device = C.device(t)
   return format.tensor(C.size(t), C.values(t), {
     dtype = C.dtype(t),

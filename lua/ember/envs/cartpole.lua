@@ -144,8 +144,11 @@ local function read_state(state)
       .. "theta, theta_dot}, got a table of length %d"):format(n), 3)
   end
   for i = 1, 4 do
-    if type(state[i]) ~= "number" then
-      error(("CartPole: env.state[%d] must be a number, got %s"):format(
+    local v = state[i]
+    -- NaN and infinities are no physical state: the episode would run on
+    -- garbage and never end by the angle or position limits.
+    if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then
+      error(("CartPole: env.state[%d] must be a finite number, got %s"):format(
         i, describe_value(state[i])), 3)
     end
   end

@@ -134,7 +134,16 @@ function Module:_get_name()
   return getmetatable(self).__name
 end
 
+-- Names of parameters, buffers and children are non-empty strings.
+local function check_name(fname, name)
+  if type(name) ~= "string" or name == "" then
+    error(("%s: the name must be a non-empty string, got %s"):format(fname,
+      tostring(name)), 3)
+  end
+end
+
 function Module:register_parameter(name, t)
+  check_name("register_parameter", name)
   if t ~= nil and not T.is_tensor(t) then
     error(("register_parameter: '%s' must be a tensor or nil, got %s"):format(
       name, type(t)), 2)
@@ -150,6 +159,7 @@ end
 
 -- Buffers are state that is saved and loaded but not trained.
 function Module:register_buffer(name, t)
+  check_name("register_buffer", name)
   if t ~= nil and not T.is_tensor(t) then
     error(("register_buffer: '%s' must be a tensor or nil, got %s"):format(
       name, type(t)), 2)
@@ -159,6 +169,7 @@ function Module:register_buffer(name, t)
 end
 
 function Module:add_module(name, m)
+  check_name("add_module", name)
   if m ~= nil and not is_module(m) then
     error(("add_module: '%s' must be a Module, got %s"):format(
       tostring(name), type(m)), 2)
@@ -258,6 +269,9 @@ function Module:modules()
 end
 
 function Module:apply(fn)
+  if type(fn) ~= "function" then
+    error("apply: expected a function(module), got " .. type(fn), 2)
+  end
   for _, m in ipairs(self:modules()) do fn(m) end
   return self
 end
