@@ -368,6 +368,38 @@ static void test_bad_input_keeps_serving(void) {
 
 /* b's loop stops running after the handshake: to a, b went silent as a
 ** stopped process or a dead link does, with its connection still open. */
+/* An unwatched peer (a client at its prompt) may be silent for longer than
+** the window and is not lost; watched again, its silence counts. */
+static void test_unwatched_peer_is_not_lost(void) {
+  ember_loop_t *loop, *frozen;
+  side_t a, b;
+  int pa, pb;
+  side_opts_t quick = {NULL, NULL, 100, 400};
+  CHECK(ember_loop_new(&loop) == 0);
+  CHECK(ember_loop_new(&frozen) == 0);
+  make_side_with(loop, &a, "a", 0, &quick, &pa);
+  make_side(frozen, &b, "b", 1, NULL, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  CHECK(ember_transport_watch_peer(a.t, 1, 0) == 0);
+  CHECK(ember_transport_watch_peer(a.t, 7, 0) == EMBER_EINVAL);
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "hello");
+  RUN_BOTH_UNTIL(loop, frozen, b.frames == 1);
+  for (int i = 0; i < 200; i++) /* 1 s: two and a half windows */
+    run_for(loop, 5);
+  CHECK_EQ(a.lost, 0);
+  CHECK(ember_transport_watch_peer(a.t, 1, 1) == 0);
+  for (int i = 0; i < 300 && a.lost == 0; i++)
+    run_for(loop, 5);
+  CHECK_EQ(a.lost, 1);
+  CHECK(strstr(a.lost_why, "no heartbeat from worker 'b'") != NULL);
+  ember_transport_close(b.t);
+  CHECK(ember_loop_close(frozen) == 0);
+  ember_transport_close(a.t);
+  CHECK(ember_loop_close(loop) == 0);
+  CHECK_EQ(ember_future_live_count(), 0);
+}
+
 static void test_heartbeat_finds_a_silent_peer(void) {
   ember_loop_t *loop, *frozen;
   side_t a, b;
@@ -774,6 +806,7 @@ CHECK_MAIN(CHECK_TEST(test_frames_both_ways),
            CHECK_TEST(test_hello_with_a_huge_count_is_refused),
            CHECK_TEST(test_agent_calls_and_timeouts),
            CHECK_TEST(test_heartbeat_finds_a_silent_peer),
+           CHECK_TEST(test_unwatched_peer_is_not_lost),
            CHECK_TEST(test_idle_connection_is_not_lost),
            CHECK_TEST(test_bad_liveness_options),
            CHECK_TEST(test_faults_drop_and_delay),
