@@ -553,6 +553,12 @@ local before_init_rows = {
   { "init_rpc rank = world_size", function() return rpc.init_rpc("x", { rank = 1, world_size = 1 }) end, "init_rpc: rank 1 is not below world_size 1" },
   { "init_rpc master_port NaN", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, master_port = NAN }) end, "init_rpc: master_port must be an integer" },
   { "init_rpc busy_poll_us -1", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, busy_poll_us = -1 }) end, "init_rpc: busy_poll_us must be a whole number" },
+  { "init_rpc timeout NaN", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, timeout = NAN }) end, "init_rpc: timeout must be a number of seconds >= 0" },
+  { "init_rpc master_addr 5", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, master_addr = 5 }) end, "init_rpc: master_addr must be a host name or address, got number" },
+  { "init_rpc master_port 2^40", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, master_port = 1 << 40 }) end, "init_rpc: master_port must be a port from 1 to 65535" },
+  { "init_rpc listen 5", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, listen = 5 }) end, "init_rpc: listen must be an address such as 0.0.0.0 or 10.0.0.5, got number" },
+  { "init_rpc faults 'drop:x'", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, faults = "drop:x" }) end, "init_rpc: bad faults" },
+  { "init_rpc heartbeat_window NaN", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, heartbeat_window = NAN }) end, "init_rpc: heartbeat_window must be a number of seconds > 0" },
   { "init_rpc device_maps 5", function() return rpc.init_rpc("x", { rank = 0, world_size = 1, device_maps = 5 }) end, "init_rpc: device_maps must be a table" },
   { "async_execution(5)", function() return rpc.functions.async_execution(5) end, "async_execution: expected a function, got number" },
   { "batched(5)", function() return rpc.batched(5) end, "rpc.batched: expected a function, got number" },
@@ -566,13 +572,6 @@ local before_init_rows = {
 describe("bad input: rpc before init_rpc", function()
   counts.rpc_before_init = rows_of(before_init_rows, rpc_down)
 
-  -- Found here, in parts of rpc.lua other helpers own (read_options,
-  -- listen_address, shutdown): left for them.
-  pending("init_rpc{timeout = NaN} is accepted (read_options: NaN < 0 is false)")
-  pending("init_rpc{master_addr = 5}: 'attempt to index a number' in listen_address")
-  pending("init_rpc{master_port = 1 << 40} names store_serve, not init_rpc's master_port")
-  pending("shutdown(5): 'attempt to index a number value (local 'opts')'")
-  pending("shutdown{timeout = NaN} fails half-way and leaves RPC torn down")
 end)
 
 -- --- RPC in a world of one worker ------------------------------------------------------
@@ -680,6 +679,10 @@ local solo_rows = {
   { "DistributedOptimizer:step(unknown)", function() return dist_optim.DistributedOptimizer(optim.SGD, { rpc.RRef(T.ones(1, { requires_grad = true })) }, { lr = 0.1 }):step(12345) end, "DistributedOptimizer:step: no distributed autograd context 0:12345" },
   { "parameter_rrefs(5)", function() return dist_optim.parameter_rrefs(5) end, "parameter_rrefs: expected a module or a list of tensors, got number" },
   { "parameter_rrefs({5})", function() return dist_optim.parameter_rrefs({ 5 }) end, "parameter_rrefs: item 1 is a number, not a tensor" },
+  -- shutdown refuses bad options before it starts: RPC keeps running
+  { "shutdown(5)", function() return rpc.shutdown(5) end, "shutdown: options must be a table, got number" },
+  { "shutdown timeout NaN", function() return rpc.shutdown({ timeout = NAN }) end, "shutdown: timeout must be a number of seconds >= 0, got %-?nan" },
+  { "shutdown timeout 'x'", function() return rpc.shutdown({ timeout = "x" }) end, "shutdown: timeout must be a number of seconds >= 0, got x" },
 }
 
 describe("bad input: rpc in a world of one worker", function()

@@ -802,10 +802,18 @@ local function read_options(name, opts)
       o.rank, o.world_size), 3)
   end
   o.master_addr = opts.master_addr or os.getenv("MASTER_ADDR") or "127.0.0.1"
+  if type(o.master_addr) ~= "string" or o.master_addr == "" then
+    error(("init_rpc: master_addr must be a host name or address, got %s")
+      :format(type(o.master_addr)), 3)
+  end
   o.master_port = check_integer(opts.master_port or
     tonumber(os.getenv("MASTER_PORT") or "29500"), "master_port", 1)
+  if o.master_port > 65535 then
+    error(("init_rpc: master_port must be a port from 1 to 65535, got %d")
+      :format(o.master_port), 3)
+  end
   o.timeout = opts.timeout or DEFAULT_TIMEOUT
-  if type(o.timeout) ~= "number" or o.timeout < 0 then
+  if type(o.timeout) ~= "number" or o.timeout ~= o.timeout or o.timeout < 0 then
     error("init_rpc: timeout must be a number of seconds >= 0", 3)
   end
   o.init_timeout = opts.init_timeout or (o.timeout > 0 and o.timeout or FOREVER)
@@ -1554,9 +1562,16 @@ end
 -- waits for its own work only.
 function rpc.shutdown(opts)
   local s = check_state("shutdown")
+  if opts ~= nil and type(opts) ~= "table" then
+    fail("EINVAL", "shutdown: options must be a table, got %s", type(opts))
+  end
   opts = opts or {}
   local graceful = opts.graceful ~= false
   local timeout = opts.timeout or FOREVER
+  if type(timeout) ~= "number" or timeout ~= timeout or timeout < 0 then
+    fail("EINVAL", "shutdown: timeout must be a number of seconds >= 0, got %s",
+      tostring(timeout))
+  end
   if s.client then
     local ok, err = pcall(leave, s, graceful, timeout, opts)
     if not ok then error(err, 2) end
