@@ -492,19 +492,22 @@ end
 local function hold_all(n)
   held = { expected = n, count = 0, futures = {}, answers = {},
     all_in = core.Future(), rss_peak = 0 }
-  local rss_before = settled_rss()
+  local rss_before, heap_before = settled_rss()
   local released = barrier("async")
   futures.wait_any({ held.all_in }, { timeout = opts.timeout })
   local accept_s = now() - released
   local serving = rpc.stats().serving
   local rss_peak = math.max(held.rss_peak, rss())
+  local heap_peak = collectgarbage("count")
   local answer_start = now()
-  local h = held
+  local h, accepted = held, held.count
   held = nil
-  for k = 1, h.count do h.futures[k]:set_result(h.answers[k]) end
+  for k = 1, accepted do h.futures[k]:set_result(h.answers[k]) end
   local r = reports_of("async")
   futures.wait_any({ r.all }, { timeout = opts.timeout })
   local complete_s = now() - answer_start
+  h = nil -- the answered futures go with it
+  local rss_after, heap_after = settled_rss()
   local totals = { answered = 0, wrong = 0, failed = 0 }
   local first_error
   for rank = 1, WORLD - 1 do
@@ -513,11 +516,14 @@ local function hold_all(n)
     first_error = first_error or one.first_error
   end
   common.emit("soak.async", { pending = n, senders = WORLD - 1,
-    accepted = h.count, serving_at_peak = serving, accept_s = accept_s,
+    accepted = accepted, serving_at_peak = serving, accept_s = accept_s,
     complete_s = complete_s, answered_ok = totals.answered,
     wrong = totals.wrong, failed = totals.failed, first_error = first_error,
     all_ok = totals.answered == n, rss_before_bytes = rss_before,
-    rss_peak_bytes = rss_peak, rss_hwm_bytes = common.status_bytes("VmHWM"),
+    rss_peak_bytes = rss_peak, rss_after_bytes = rss_after,
+    rss_hwm_bytes = common.status_bytes("VmHWM"),
+    lua_heap_before_kib = heap_before, lua_heap_peak_kib = heap_peak,
+    lua_heap_after_kib = heap_after,
     bytes_per_request = (rss_peak - rss_before) / n })
 end
 
