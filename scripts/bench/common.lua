@@ -2,6 +2,14 @@
 -- Load it with dofile next to the script: see scripts/bench/tensor.lua.
 local common = {}
 
+-- Text escaped for a JSON string (an error message may hold anything).
+local function json_text(text)
+  return (text:gsub('[%c"\\]', function(c)
+    if c == '"' or c == "\\" then return "\\" .. c end
+    return ("\\u%04x"):format(c:byte())
+  end))
+end
+
 -- Prints {"bench":"<name>", ...fields sorted by key} on one line.
 function common.emit(name, fields)
   local parts = { ('"bench":"%s"'):format(name) }
@@ -17,7 +25,7 @@ function common.emit(name, fields)
     elseif type(value) == "boolean" then
       parts[#parts + 1] = ('"%s":%s'):format(key, tostring(value))
     else
-      parts[#parts + 1] = ('"%s":"%s"'):format(key, tostring(value))
+      parts[#parts + 1] = ('"%s":"%s"'):format(key, json_text(tostring(value)))
     end
   end
   print("{" .. table.concat(parts, ",") .. "}")
@@ -30,6 +38,17 @@ function common.rss_bytes()
   local _, resident = f:read("n", "n")
   f:close()
   return resident * 4096
+end
+
+-- A size field of /proc/self/status ("VmRSS", "VmHWM": the peak RSS), in
+-- bytes; nil where the system has no such field.
+function common.status_bytes(field)
+  local f = io.open("/proc/self/status")
+  if f == nil then return nil end
+  local text = f:read("a")
+  f:close()
+  local kib = text:match("\n" .. field .. ":%s*(%d+) kB")
+  return kib and tonumber(kib) * 1024
 end
 
 return common
