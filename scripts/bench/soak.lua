@@ -23,15 +23,13 @@
 -- Progress lines go to stderr. Latencies are binned in 1% steps (a
 -- percentile is the middle of its bin); max is exact.
 --
--- RSS and glibc: a received tensor's storage is malloc'ed (1 MiB). glibc
--- raises its mmap threshold past 1 MiB after the first such block is freed,
--- so later ones come from the heap, and freed blocks in its middle stay
--- resident: a quiet worker of ~13 MiB reads anywhere between its live data
--- and its peak (~18 MiB), and start and end readings differ by +-20% with no
--- leak. A fixed threshold keeps every such block in its own mapping, and the
--- readings steady (+2-4% over 1,000,000 calls):
---   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072 ember launch -n 8 ...
--- soak.calls says which way it ran (mmap_threshold_fixed).
+-- RSS and glibc: a received tensor's storage is malloc'ed (1 MiB). Left to
+-- itself glibc raises its mmap threshold past 1 MiB after the first such
+-- block is freed, so later ones come from the heap, and freed blocks in its
+-- middle stay resident: start and end readings then differ by +-20% with no
+-- leak. The ember executable fixes the threshold at 256 KiB (core/main.c),
+-- so every such block has its own mapping and the readings stay steady.
+-- soak.calls says whether the environment overrode it (mmap_threshold_set).
 local ember = require "ember"
 local rpc, T, futures = ember.rpc, ember.tensor, ember.futures
 local core = require "ember.core"
@@ -402,8 +400,8 @@ local function emit_workers(list)
   end
 end
 
--- Whether glibc was told a fixed mmap threshold (see the top of the file).
-local function mmap_threshold_fixed()
+-- Whether the environment set glibc's mmap threshold itself (see the top).
+local function mmap_threshold_set()
   local tunables = os.getenv("GLIBC_TUNABLES") or ""
   return tunables:find("glibc.malloc.mmap_threshold=", 1, true) ~= nil or
     os.getenv("MALLOC_MMAP_THRESHOLD_") ~= nil
@@ -435,7 +433,7 @@ local function emit_world(list, seconds)
     p99_us = quantile(all, 0.99), max_us = all.max_us,
     tensor_gib = by_kind.tensor.count * opts.tensor_bytes / 2^30,
     rss_growth_pct = growth, rss_ok = growth <= MAX_RSS_GROWTH_PCT,
-    mmap_threshold_fixed = mmap_threshold_fixed(),
+    mmap_threshold_set = mmap_threshold_set(),
     rrefs_ok = rrefs_ok, idle_ok = idle_ok }
   for _, kind in ipairs(KINDS) do
     local h = by_kind[kind]
