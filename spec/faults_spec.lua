@@ -11,11 +11,22 @@ local world = require "spec.support.world"
 
 local describe_world = world.describe
 
+-- Whether rank 0 lost the race for the free port world.run picked (another
+-- process on the host took it first): then the world is started again.
+local function port_taken(w)
+  return w[0].output:find("address already in use", 1, true) ~= nil
+end
+
 local function run_world(case, n, opts)
   opts = opts or {}
   opts.worker = "spec/fixtures/faults/kill.lua"
   opts.timeout = opts.timeout or 60
-  return world.run(case, n, opts)
+  local w
+  for _ = 1, 3 do
+    w = world.run(case, n, opts)
+    if not port_taken(w) then break end
+  end
+  return w
 end
 
 local KILLED = 128 + 9 -- the exit status `timeout` reports for a SIGKILL
@@ -174,7 +185,8 @@ describe("process faults", function()
     assert.equal("ETIMEDOUT", r.v_code, describe_world(w))
     assert.matches("'worker2'", r.v_message)
     local timed_out = tonumber(r.v_timeout_seconds)
-    assert.is_true(timed_out >= 0.9 and timed_out < 2, describe_world(w))
+    -- It timed out on its own timer, while the peer was still stopped.
+    assert.is_true(timed_out >= 0.9 and timed_out < 3, describe_world(w))
     measured("sigstop.timeout_after_s", timed_out)
     assert.equal("b", r.b1)
     assert.is_true(tonumber(r.b_answers_while_stopped) >= 3, describe_world(w))

@@ -496,9 +496,10 @@ end
 local LOST_KEY = "ember/lost/"
 
 -- Records in the store that world rank `peer` was lost (best effort: the
--- store may be what went).
+-- store may be what went). Clients keep their view to themselves: a REPL
+-- that lost a worker must not make the world's shutdown skip it.
 local function publish_lost(s, peer, why)
-  if s.store == nil or peer >= s.world_size then return end
+  if s.client or s.store == nil or peer >= s.world_size then return end
   local ok, future = pcall(s.store.set, s.store, LOST_KEY .. peer,
     tostring(why))
   if ok then future:add_done_callback(function() end) end
@@ -1460,7 +1461,11 @@ end
 -- rpc.shutdown({graceful=true, timeout=}): with graceful (the default), waits
 -- until every worker has finished its outstanding work, then leaves;
 -- otherwise fails pending calls at once and leaves. A client (rpc.join)
--- waits for its own work only.
+-- waits for its own work only. Ranks lost on the way (killed, or dead before
+-- they reached a barrier) are not waited for: the shutdown ends without
+-- them and says so on stderr. If rank 0 died, the barriers cannot be held
+-- (it served the store): shutdown raises EPEERLOST saying so, after it has
+-- sent its queued replies and its goodbye.
 function rpc.shutdown(opts)
   local s = check_state("shutdown")
   opts = opts or {}
