@@ -495,6 +495,20 @@ local function on_rref_released(id)
   if released then released(id) end
 end
 
+-- Where a rank that was lost is recorded, for every worker's graceful
+-- shutdown to go on without it (see barrier).
+local LOST_KEY = "ember/lost/"
+
+-- Records in the store that world rank `peer` was lost (best effort: the
+-- store may be what went). Clients keep their view to themselves: a REPL
+-- that lost a worker must not make the world's shutdown skip it.
+local function publish_lost(s, peer, why)
+  if s.client or s.store == nil or peer >= s.world_size then return end
+  local ok, future = pcall(s.store.set, s.store, LOST_KEY .. peer,
+    tostring(why))
+  if ok then future:add_done_callback(function() end) end
+end
+
 local function on_peer_lost(peer, why)
   local s = state
   if s == nil then return end
@@ -502,6 +516,8 @@ local function on_peer_lost(peer, why)
   if info then info.lost = true end
   -- A client (a REPL) that vanished does not concern the world's scripts.
   if s.clients[peer] then return end
+  -- Every worker's graceful shutdown goes on without it (see barrier).
+  publish_lost(s, peer, why)
   if s.on_peer_lost then
     local ok, err = pcall(s.on_peer_lost, info and info.name or peer, why)
     if not ok then
@@ -1030,6 +1046,13 @@ function rpc.init_rpc(name, opts)
     if s.agent then s.agent:close() end
     if s.store then s.store:close() end
     if s.server then s.server:close() end
+    if s.store and o.rank ~= 0 and core.is_error(err) and
+        err.code == "EPEERLOST" then
+      -- Nothing but the store's connection is lost during the rendezvous.
+      err = core.new_error("EPEERLOST", ("init_rpc: lost the store at %s:%d, " ..
+        "which rank 0 serves; rank 0 has probably died (%s)"):format(
+        o.master_addr, o.master_port, tostring(err.message)))
+    end
     error(err, 2)
   end
 end
@@ -1501,11 +1524,110 @@ rpc._internal = {
 
 -- --- Shutdown ----------------------------------------------------------------------
 
-local function barrier(s, prefix, timeout)
-  s.store:set(prefix .. s.rank, "1"):wait()
+-- A graceful shutdown goes on without ranks that were lost: a barrier counts
+-- a rank as arrived once it is known lost, here (on_peer_lost) or by any
+-- worker, which records it in the store under LOST_KEY. A rank still missing
+-- after BARRIER_PATIENCE is probed with one call: a dead process refuses the
+-- connection (or drops the one we have), which loses it. Without this, every
+-- survivor of a SIGKILLed peer waited for it forever.
+local BARRIER_PATIENCE = 1
+local BARRIER_POLL = 0.25
+local PROBE_TIMEOUT = 2
+local FAILED_FLUSH_TIMEOUT = 2
+
+rpc._builtin("ping", function() return true end)
+
+-- The store's future's value; the store going away (rank 0, which serves
+-- it, died) raises an error that says so rather than the store's own.
+local function store_result(s, future, what)
+  local ok, value = pcall(future.wait, future)
+  if ok then return value end
+  if core.is_error(value) and value.code == "EPEERLOST" then
+    local o = s.options
+    fail("EPEERLOST", "%s: lost the store at %s:%d, which rank 0 ('%s') " ..
+      "serves; rank 0 has probably died (%s)", what, o.master_addr,
+      o.master_port, s.workers[0] and s.workers[0].name or "?",
+      describe(value))
+  end
+  error(value, 0)
+end
+
+-- The ranks that have neither reached the barrier `prefix` nor been lost.
+local function missing_ranks(s, prefix)
   local keys = {}
-  for r = 0, s.world_size - 1 do keys[#keys + 1] = prefix .. r end
-  s.store:wait(keys, timeout):wait()
+  for r = 0, s.world_size - 1 do
+    keys[#keys + 1] = prefix .. r
+    keys[#keys + 1] = LOST_KEY .. r
+  end
+  local there = store_result(s, s.store:check(keys), "shutdown")
+  local missing = {}
+  for r = 0, s.world_size - 1 do
+    local lost = there[2 * r + 2] or s.workers[r].lost
+    if lost then s.skipped[r] = true end
+    if not there[2 * r + 1] and not lost then missing[#missing + 1] = r end
+  end
+  return missing
+end
+
+local function probe(s, ranks, probed)
+  for _, r in ipairs(ranks) do
+    if not probed[r] and r ~= s.rank then
+      probed[r] = true
+      local ok, future = pcall(s.agent.call, s.agent, r, "ember:ping", {},
+        PROBE_TIMEOUT)
+      if ok then future:add_done_callback(function() end) end
+    end
+  end
+end
+
+local function names_of(s, ranks)
+  local names = {}
+  for i, r in ipairs(ranks) do
+    names[i] = ("'%s' (rank %d)"):format(s.workers[r].name, r)
+  end
+  return table.concat(names, ", ")
+end
+
+-- Waits up to `wait_s` for `keys`; false when they did not all come.
+local function store_wait(s, keys, wait_s)
+  local future = s.store:wait(keys, wait_s)
+  local ok, err = pcall(store_result, s, future, "shutdown")
+  if ok then return true end
+  if core.is_error(err) and err.code == "ETIMEDOUT" then return false end
+  error(err, 0)
+end
+
+local function barrier(s, prefix, timeout)
+  store_result(s, s.store:set(prefix .. s.rank, "1"), "shutdown")
+  local started = core.clock()
+  local probed = {}
+  while true do
+    local missing = missing_ranks(s, prefix)
+    if #missing == 0 then return end
+    local elapsed = core.clock() - started
+    if elapsed >= timeout then
+      fail("ETIMEDOUT", "shutdown: timed out after %g s waiting for %s",
+        timeout, names_of(s, missing))
+    end
+    if elapsed >= BARRIER_PATIENCE then probe(s, missing, probed) end
+    local waiting = {}
+    for i, r in ipairs(missing) do waiting[i] = prefix .. r end
+    if store_wait(s, waiting, math.min(timeout - elapsed, BARRIER_POLL)) then
+      return
+    end
+  end
+end
+
+-- Says once which lost ranks a graceful shutdown went on without.
+local function report_skipped(s)
+  local ranks = {}
+  for r in pairs(s.skipped) do ranks[#ranks + 1] = r end
+  if #ranks == 0 then return end
+  table.sort(ranks)
+  io.stderr:write(("ember[%s]: shutdown went on without %s, which %s " ..
+    "lost\n"):format(s.name, names_of(s, ranks),
+    #ranks == 1 and "was" or "were"))
+  io.stderr:flush()
 end
 
 local function close_all(s)
@@ -1559,7 +1681,11 @@ end
 -- rpc.shutdown({graceful=true, timeout=}): with graceful (the default), waits
 -- until every worker has finished its outstanding work, then leaves;
 -- otherwise fails pending calls at once and leaves. A client (rpc.join)
--- waits for its own work only.
+-- waits for its own work only. Ranks lost on the way (killed, or dead before
+-- they reached a barrier) are not waited for: the shutdown ends without
+-- them and says so on stderr. If rank 0 died, the barriers cannot be held
+-- (it served the store): shutdown raises EPEERLOST saying so, after it has
+-- sent its queued replies and its goodbye.
 function rpc.shutdown(opts)
   local s = check_state("shutdown")
   if opts ~= nil and type(opts) ~= "table" then
@@ -1582,6 +1708,7 @@ function rpc.shutdown(opts)
     close_all(s)
     return
   end
+  s.skipped = {}
   local ok, err = pcall(function()
     s.agent:drained():wait()
     run_hooks("before_barrier", s, opts)
@@ -1592,14 +1719,23 @@ function rpc.shutdown(opts)
       barrier(s, "ember/shutdown/settled/", timeout)
     end
     s.agent:goodbye()
+    s.said_goodbye = true
     -- Acknowledged (GOODBYE is resent until it is): no peer takes our
     -- closing for a loss.
     s.agent:goodbyes_done():wait()
     s.agent:flushed():wait()
     -- Rank 0 serves the store: it leaves last.
-    s.store:set("ember/shutdown/left/" .. s.rank, "1"):wait()
+    store_result(s, s.store:set("ember/shutdown/left/" .. s.rank, "1"),
+      "shutdown")
     if s.rank == 0 then barrier(s, "ember/shutdown/left/", timeout) end
   end)
+  if not ok then
+    -- Leaving anyway (the store went, or a barrier timed out): the replies
+    -- already queued still go out, and peers hear a goodbye, not a loss.
+    if not s.said_goodbye then s.agent:goodbye() end
+    pcall(wait_within, s.agent:flushed(), FAILED_FLUSH_TIMEOUT, "replies")
+  end
+  report_skipped(s)
   state = nil
   close_all(s)
   if not ok then error(err, 2) end
