@@ -7,7 +7,21 @@ local world = {}
 
 local EMBER = os.getenv("EMBER_BIN") or "ember"
 
+-- A port that is free now, below the kernel's ephemeral range (32768 and
+-- up): a port the kernel hands out for "any free port" can be taken again by
+-- the next outgoing connection before the world binds it (EADDRINUSE).
+local LOW_PORTS, LOW_PORTS_END = 20000, 32000
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16))
+
 local function free_port()
+  for _ = 1, 100 do
+    local port = math.random(LOW_PORTS, LOW_PORTS_END - 1)
+    local ok, server = pcall(core.store_serve, "127.0.0.1", port)
+    if ok then
+      server:close()
+      return port
+    end
+  end
   local server = core.store_serve("127.0.0.1", 0)
   local port = server:port()
   server:close()
