@@ -5,6 +5,7 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "error.h"
 
@@ -51,11 +52,30 @@ static void run_posts_cb(uv_async_t *handle) {
   }
 }
 
+/*
+** A write to a connection the peer has just closed raises SIGPIPE, whose
+** default action kills the process; the write's EPIPE is what the transport
+** handles (the peer is lost, the others go on). So SIGPIPE is ignored, unless
+** the program installed a handler of its own.
+*/
+static void ignore_broken_pipes(void) {
+  struct sigaction current;
+  if (sigaction(SIGPIPE, NULL, &current) == 0 &&
+      current.sa_handler == SIG_DFL) {
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof(ignore));
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, NULL);
+  }
+}
+
 int ember_loop_new(ember_loop_t **out) {
   ember_loop_t *loop = calloc(1, sizeof(*loop));
   int err;
 
   *out = NULL;
+  ignore_broken_pipes();
   if (loop == NULL)
     return EMBER_ENOMEM;
   if ((err = uv_loop_init(&loop->uv)) != 0)
