@@ -52,7 +52,16 @@ function(ember_add_fuzz_targets)
       RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
     list(APPEND built fuzz_${name})
   endforeach()
-  add_custom_target(fuzz_targets DEPENDS ${built})
+  # The seed corpus generator (spec/fuzz/make_corpus.c): a plain program.
+  add_executable(fuzz_make_corpus ${CMAKE_SOURCE_DIR}/spec/fuzz/make_corpus.c
+    $<TARGET_OBJECTS:ember_bindings>)
+  target_include_directories(fuzz_make_corpus PRIVATE core spec/fuzz
+    ${LUA_INCLUDE_DIRS})
+  target_compile_options(fuzz_make_corpus PRIVATE ${EMBER_WARNINGS})
+  target_link_libraries(fuzz_make_corpus PRIVATE ember_core ${EMBER_DEP_LUA})
+  set_target_properties(fuzz_make_corpus PROPERTIES
+    RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
+  add_custom_target(fuzz_targets DEPENDS ${built} fuzz_make_corpus)
 endfunction()
 
 cmake_language(DEFER CALL ember_add_fuzz_targets)

@@ -117,8 +117,14 @@ static const char setup_chunk[] =
     "local core = ...\n"
     "core.wire_register_class('C', {})\n"
     "core.wire_register_class('U', {__unpack = function(s) return {s} end})\n"
+    "core.wire_register_class('Point', {})\n"
+    "core.wire_register_class('ember.RemoteError', {})\n"
+    "core.wire_register_class('ember.RRef', {__unpack = function(s)\n"
+    "  if type(s) ~= 'table' then error('bad RRef state') end\n"
+    "  return {owner = s[1], id = s[2]}\n"
+    "end})\n"
     "core.wire_set_hooks{function_load = function(ref)\n"
-    "  if #ref > 8 then error('no function ' .. ref) end\n"
+    "  if ref:find('^x') then error('no function ' .. ref) end\n"
     "  return print\n"
     "end}\n";
 
@@ -154,6 +160,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 static double worst_msgpack, worst_lua;
 
+static int verbose(void) {
+  const char *v = getenv("EMBER_FUZZ_VERBOSE");
+  return v != NULL && v[0] == '1';
+}
+
 static void note_ratio(double *worst, const char *what, size_t bytes,
                        size_t n) {
   if (n < RATIO_MIN_BODY)
@@ -162,8 +173,7 @@ static void note_ratio(double *worst, const char *what, size_t bytes,
   if (ratio <= *worst)
     return;
   *worst = ratio;
-  const char *verbose = getenv("EMBER_FUZZ_VERBOSE");
-  if (verbose != NULL && verbose[0] == '1') {
+  if (verbose()) {
     fprintf(fuzz_report,
             "fuzz_body: %s: %zu bytes for a %zu-byte body "
             "(%.1f a byte)\n",
@@ -229,7 +239,9 @@ static void check_lua_decode(const char *body, size_t n, uint32_t count) {
   lua_pushlightuserdata(L, &args);
   lua_bytes.grown = 0;
   c_count_begin();
-  (void)lua_pcall(L, 1, 1, 0); /* a decoding error is a fine answer */
+  /* A decoding error is a fine answer. */
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK && verbose())
+    fprintf(fuzz_report, "fuzz_body: %s\n", lua_tostring(L, -1));
   size_t c_bytes = c_count_end();
   size_t bytes = c_bytes + lua_bytes.grown;
   lua_settop(L, 0);

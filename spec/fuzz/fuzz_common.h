@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -96,10 +97,6 @@ static inline int fuzz_socket_connect(int port) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   FUZZ_ASSERT(connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0,
               "connect to port %d: %s", port, strerror(errno));
-  /* A close with unread bytes resets the connection instead of lingering in
-  ** TIME_WAIT: tens of thousands of inputs would use up the ports. */
-  struct linger lg = {1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   return fd;
 }
 
@@ -107,8 +104,10 @@ static inline int fuzz_socket_connect(int port) {
 static inline int fuzz_socket_listen(int *port) {
   struct sockaddr_in addr;
   socklen_t len = sizeof addr;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+      on = 1;
   FUZZ_ASSERT(fd >= 0, "socket: %s", strerror(errno));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
   memset(&addr, 0, sizeof addr);
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -148,32 +147,73 @@ static inline int fuzz_socket_drain(int fd) {
   }
 }
 
+/* ---- Streams inside the loop ------------------------------------------- */
+
+typedef struct {
+  int streams;   /* connected TCP handles not closing */
+  size_t unread; /* bytes waiting in their sockets */
+} fuzz_streams_t;
+
+static inline void fuzz_count_stream(uv_handle_t *handle, void *arg) {
+  fuzz_streams_t *s = arg;
+  uv_os_fd_t fd;
+  int listening = 0, value;
+  socklen_t len = sizeof value;
+  if (handle->type != UV_TCP || uv_is_closing(handle) ||
+      uv_fileno(handle, &fd) != 0)
+    return;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &len) == 0)
+    listening = value;
+  if (listening)
+    return;
+  s->streams++;
+  if (ioctl(fd, FIONREAD, &value) == 0 && value > 0)
+    s->unread += (size_t)value;
+}
+
+static inline fuzz_streams_t fuzz_streams(ember_loop_t *loop) {
+  fuzz_streams_t s = {0, 0};
+  uv_walk(ember_loop_uv(loop), fuzz_count_stream, &s);
+  return s;
+}
+
 /*
-** Writes `data` into fd (shutting down the write side after it) while the
-** loop turns, and turns it until the other side closed the connection.
-** Returns the number of loop turns; aborts after `max_turns` (a hang).
+** Writes `data` into fd while the loop turns, until the other side closed
+** the connection or has read every byte (and turned twice since), then
+** closes fd with a reset and turns until the other side's handle closed.
+**
+** The end of the input is a reset, not a FIN (shutdown): the side that
+** sends the first FIN keeps its port in TIME_WAIT for a minute, and tens of
+** thousands of inputs would use up the machine's ephemeral ports (for every
+** process on it). Both ember servers treat a reset as the end of the stream.
+** Aborts after `max_turns` (a hang).
 */
-static inline int fuzz_socket_feed(ember_loop_t *loop, int fd,
-                                   const uint8_t *data, size_t len,
-                                   int max_turns) {
+static inline void fuzz_socket_feed(ember_loop_t *loop, int fd,
+                                    const uint8_t *data, size_t len,
+                                    int max_turns) {
   size_t done = 0;
-  int shut = 0;
-  for (int turn = 0; turn < max_turns; turn++) {
+  int quiet = 0, turn = 0;
+  for (; turn < max_turns; turn++) {
     if (done < len)
       done += fuzz_socket_write_some(fd, data + done, len - done);
-    if (done == len && !shut) {
-      shutdown(fd, SHUT_WR);
-      shut = 1;
-    }
     uv_run(ember_loop_uv(loop), UV_RUN_NOWAIT);
     if (fuzz_socket_drain(fd))
-      return turn;
+      break; /* the other side closed */
+    fuzz_streams_t s = fuzz_streams(loop);
+    quiet = done == len && s.streams > 0 && s.unread == 0 ? quiet + 1 : 0;
+    if (quiet > 2)
+      break;
   }
-  FUZZ_ASSERT(0,
-              "the connection was still open after %d loop turns (%zu of "
+  FUZZ_ASSERT(turn < max_turns,
+              "the connection was still busy after %d loop turns (%zu of "
               "%zu bytes written)",
               max_turns, done, len);
-  return max_turns;
+  struct linger reset = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+  close(fd);
+  for (turn = 0; turn < max_turns && fuzz_streams(loop).streams > 0; turn++)
+    uv_run(ember_loop_uv(loop), UV_RUN_NOWAIT);
+  FUZZ_ASSERT(turn < max_turns, "the connection was not closed after a reset");
 }
 
 #endif

@@ -3,11 +3,12 @@
 **
 ** Per input: a fresh ember loop and store server on 127.0.0.1 (port 0), a
 ** plain socket that writes the input as a client would (a stream of store
-** frames: big-endian u32 length, msgpack array), shuts its write side, and
-** the loop turns until the server closed the connection; then the server
-** and the loop are closed. The server must answer or refuse every byte
-** stream without crashing, hanging or leaking (LSan checks at exit), and
-** must close the connection at the end of the stream.
+** frames: big-endian u32 length, msgpack array), the loop turns until the
+** server closed the connection or read every byte, the socket resets the
+** connection (see fuzz_socket_feed) and the loop turns until the server
+** closed its end; then the server and the loop are closed. The server must
+** answer or refuse every byte stream without crashing, hanging or leaking
+** (LSan checks at exit).
 **
 ** Seeds: spec/fuzz/corpus/store (real requests, made by make_corpus.lua).
 */
@@ -41,7 +42,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_keepalive_start(loop, &keepalive);
   int fd = fuzz_socket_connect(ember_store_server_port(server));
   fuzz_socket_feed(loop, fd, data, size, MAX_TURNS);
-  close(fd);
   fuzz_keepalive_stop(&keepalive);
   ember_store_server_close(server);
   FUZZ_ASSERT(ember_loop_close(loop) == 0,
