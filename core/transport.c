@@ -49,13 +49,6 @@ typedef enum {
   CONN_CLOSING
 } conn_state_t;
 
-typedef enum {
-  READ_HEADER,
-  READ_LENGTHS,
-  READ_BODY,
-  READ_PAYLOAD
-} read_state_t;
-
 typedef struct peer_s peer_t;
 
 typedef struct conn_s {
@@ -75,15 +68,8 @@ typedef struct conn_s {
   int parked_id;
   char parked_name[256];
   uint64_t parked_until; /* loop time (ms) after which it is dropped */
-  /* Reading one frame. */
-  read_state_t read_state;
-  uint8_t header_bytes[EMBER_WIRE_HEADER_SIZE];
-  size_t have; /* bytes of the current part read so far */
-  ember_frame_header_t header;
-  uint8_t *lengths_bytes;
-  uint64_t *lengths;
-  ember_frame_t frame;
-  uint32_t payload_index;
+  /* Reading: frames are parsed by the reader (made when reading starts). */
+  ember_frame_reader_t *reader;
   int reading_direct; /* the last alloc_cb gave out the frame's own buffer */
   char *staging;
   /* Writing. */
@@ -175,17 +161,6 @@ static void conn_close(conn_t *conn, int code, const char *fmt, ...)
     ;
 static void conn_start_reading(conn_t *conn);
 static void mark_dirty(conn_t *conn);
-
-void ember_frame_free(ember_frame_t *frame) {
-  free(frame->body);
-  frame->body = NULL;
-  if (frame->payloads != NULL) {
-    for (uint32_t i = 0; i < frame->header.tensor_count; i++)
-      ember_tensor_release(frame->payloads[i]);
-    free(frame->payloads);
-    frame->payloads = NULL;
-  }
-}
 
 /* --- Frames out ------------------------------------------------------------- */
 
@@ -500,9 +475,7 @@ static void conn_free(conn_t *conn) {
   ember_transport_t *t = conn->t;
   queue_drop(t, &conn->queue);
   queue_drop(t, &conn->writing);
-  ember_frame_free(&conn->frame);
-  free(conn->lengths_bytes);
-  free(conn->lengths);
+  ember_frame_reader_free(conn->reader);
   free(conn->staging);
   free(conn->bufs);
   free(conn);
@@ -763,56 +736,65 @@ typedef struct {
   size_t status_len;
 } handshake_t;
 
-static int get_str(const msgpack_object *o, const char **s, size_t *len) {
-  if (o->type != MSGPACK_OBJECT_STR)
+/* The next item of a handshake body, which must be of `type`. */
+static int next_item(const ember_frame_t *frame, size_t *pos,
+                     ember_wire_token_type_t type, ember_wire_token_t *tok) {
+  if (ember_wire_read_token(frame->body, frame->header.body_len, pos, tok) != 0)
     return -1;
-  *s = o->via.str.ptr;
-  *len = o->via.str.size;
+  return tok->type == type ? 0 : -1;
+}
+
+static int next_str(const ember_frame_t *frame, size_t *pos, const char **s,
+                    size_t *len) {
+  ember_wire_token_t tok;
+  if (next_item(frame, pos, EMBER_WIRE_STR, &tok) != 0)
+    return -1;
+  *s = tok.data;
+  *len = tok.length;
   return 0;
 }
 
-static int get_bin(const msgpack_object *o, const uint8_t **p, size_t *len) {
-  if (o->type != MSGPACK_OBJECT_BIN)
+static int next_bin(const ember_frame_t *frame, size_t *pos, const uint8_t **p,
+                    size_t *len) {
+  ember_wire_token_t tok;
+  if (next_item(frame, pos, EMBER_WIRE_BIN, &tok) != 0)
     return -1;
-  *p = (const uint8_t *)o->via.bin.ptr;
-  *len = o->via.bin.size;
+  *p = (const uint8_t *)tok.data;
+  *len = tok.length;
   return 0;
 }
 
-/* Reads a HELLO/WELCOME/AUTH body; -1 when it is not the expected shape. */
-static int parse_handshake(const ember_frame_t *frame, handshake_t *out,
-                           msgpack_unpacked *unpacked) {
-  const msgpack_object *items;
-  size_t n, expected;
-  msgpack_object root;
+/*
+** Reads a HELLO/WELCOME/AUTH body (it passed ember_wire_check_body) with the
+** checked token reader, which allocates nothing: strings point into the
+** body. msgpack-c never sees an untrusted body. -1 when it is not the
+** expected shape.
+*/
+static int parse_handshake(const ember_frame_t *frame, handshake_t *out) {
+  ember_wire_token_t tok;
+  size_t pos = 0, expected;
 
   memset(out, 0, sizeof(*out));
-  if (msgpack_unpack_next(unpacked, frame->body, frame->header.body_len, NULL) !=
-      MSGPACK_UNPACK_SUCCESS)
-    return -1;
-  root = unpacked->data;
-  if (root.type != MSGPACK_OBJECT_ARRAY)
-    return -1;
-  n = root.via.array.size;
-  items = root.via.array.ptr;
   switch (frame->header.kind) {
   case EMBER_MSG_HELLO: expected = 3; break;
   case EMBER_MSG_WELCOME: expected = 5; break;
   default: expected = 1; break;
   }
-  if (n != expected)
+  if (next_item(frame, &pos, EMBER_WIRE_ARRAY, &tok) != 0 ||
+      tok.length != expected)
     return -1;
   if (frame->header.kind == EMBER_MSG_AUTH)
-    return get_bin(&items[0], &out->proof, &out->proof_len);
-  if (get_str(&items[0], &out->name, &out->name_len) != 0 ||
-      (items[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) ||
-      get_bin(&items[2], &out->nonce, &out->nonce_len) != 0 ||
+    return next_bin(frame, &pos, &out->proof, &out->proof_len);
+  if (next_str(frame, &pos, &out->name, &out->name_len) != 0 ||
+      next_item(frame, &pos, EMBER_WIRE_INT, &tok) != 0 || tok.v.i < 0)
+    return -1;
+  out->id = tok.v.i;
+  if (next_bin(frame, &pos, &out->nonce, &out->nonce_len) != 0 ||
       out->nonce_len != NONCE_BYTES)
     return -1;
-  out->id = (int64_t)items[1].via.u64;
   if (frame->header.kind == EMBER_MSG_WELCOME &&
-      (get_bin(&items[3], &out->proof, &out->proof_len) != 0 ||
-       get_str(&items[4], &out->status, &out->status_len) != 0))
+      (next_bin(frame, &pos, &out->proof, &out->proof_len) != 0 ||
+       next_str(frame, &pos, &out->status, &out->status_len) != 0))
     return -1;
   return 0;
 }
@@ -1050,7 +1032,6 @@ static int expected_handshake_kind(const conn_t *conn) {
 }
 
 static void handle_handshake(conn_t *conn, ember_frame_t *frame) {
-  msgpack_unpacked unpacked;
   handshake_t h;
   int kind = frame->header.kind;
   if (kind != expected_handshake_kind(conn)) {
@@ -1063,8 +1044,7 @@ static void handle_handshake(conn_t *conn, ember_frame_t *frame) {
     conn_close(conn, EMBER_EINVAL, "bad handshake: %s", ember_wire_error());
     return;
   }
-  msgpack_unpacked_init(&unpacked);
-  if (parse_handshake(frame, &h, &unpacked) != 0) {
+  if (parse_handshake(frame, &h) != 0) {
     conn_close(conn, EMBER_EINVAL, "malformed handshake frame (kind %d)", kind);
   } else if (kind == EMBER_MSG_HELLO) {
     on_hello(conn, &h);
@@ -1073,7 +1053,6 @@ static void handle_handshake(conn_t *conn, ember_frame_t *frame) {
   } else {
     on_auth(conn, &h);
   }
-  msgpack_unpacked_destroy(&unpacked);
 }
 
 /* --- Reading ---------------------------------------------------------------- */
@@ -1083,14 +1062,11 @@ static const ember_wire_limits_t *conn_limits(const conn_t *conn) {
                                    : &conn->t->handshake_limits;
 }
 
-static void deliver_frame(conn_t *conn) {
+static void deliver_frame(conn_t *conn, ember_frame_t *in) {
   ember_transport_t *t = conn->t;
-  ember_frame_t frame = conn->frame;
+  ember_frame_t frame = *in;
   peer_t *peer = conn->peer;
 
-  memset(&conn->frame, 0, sizeof(conn->frame));
-  conn->read_state = READ_HEADER;
-  conn->have = 0;
   if (conn->state != CONN_READY) {
     handle_handshake(conn, &frame);
     ember_frame_free(&frame);
@@ -1113,161 +1089,50 @@ static void deliver_frame(conn_t *conn) {
     ember_frame_free(&frame);
 }
 
-/* Prepares the part after the header; returns -1 if the connection closed. */
-static int begin_frame(conn_t *conn) {
-  const ember_wire_limits_t *limits = conn_limits(conn);
-  uint32_t count;
-  if (ember_wire_unpack_header(conn->header_bytes, limits, &conn->header) != 0) {
-    conn_close(conn, EMBER_EINVAL, "bad frame: %s", ember_wire_error());
-    return -1;
-  }
+/* Before the handshake is done only its next frame is welcome; refused
+** before anything is allocated for it. */
+static int header_cb(void *user, const ember_frame_header_t *header) {
+  conn_t *conn = user;
   if (conn->state != CONN_READY &&
-      conn->header.kind != expected_handshake_kind(conn)) {
+      header->kind != expected_handshake_kind(conn)) {
     conn_close(conn, EMBER_EINVAL,
                "a frame of kind %d before the handshake was done",
-               conn->header.kind);
-    return -1;
-  }
-  conn->frame.header = conn->header;
-  count = conn->header.tensor_count;
-  conn->have = 0;
-  if (count > 0) {
-    free(conn->lengths_bytes);
-    free(conn->lengths);
-    conn->lengths_bytes = malloc(8 * (size_t)count);
-    conn->lengths = malloc(sizeof(uint64_t) * count);
-    conn->frame.payloads = calloc(count, sizeof(ember_tensor_t *));
-    if (conn->lengths_bytes == NULL || conn->lengths == NULL ||
-        conn->frame.payloads == NULL) {
-      conn_close(conn, EMBER_ENOMEM, "out of memory reading a frame");
-      return -1;
-    }
-    conn->read_state = READ_LENGTHS;
-    return 0;
-  }
-  conn->read_state = READ_BODY;
-  return 0;
-}
-
-static int begin_body(conn_t *conn) {
-  conn->have = 0;
-  conn->frame.body = malloc(conn->header.body_len + 1);
-  if (conn->frame.body == NULL) {
-    conn_close(conn, EMBER_ENOMEM, "out of memory for a %u-byte frame body",
-               conn->header.body_len);
-    return -1;
-  }
-  conn->read_state = READ_BODY;
-  return 0;
-}
-
-/* Allocates payload i (after the body); skips to delivery after the last. */
-static int begin_payload(conn_t *conn) {
-  conn->have = 0;
-  while (conn->payload_index < conn->header.tensor_count) {
-    uint64_t len = conn->lengths[conn->payload_index];
-    int64_t shape[1] = {(int64_t)len};
-    ember_tensor_t *raw = ember_tensor_empty(shape, 1, EMBER_UINT8);
-    if (raw == NULL) {
-      conn_close(conn, EMBER_ENOMEM, "out of memory for a %llu-byte tensor",
-                 (unsigned long long)len);
-      return -1;
-    }
-    conn->frame.payloads[conn->payload_index] = raw;
-    if (len > 0) {
-      conn->read_state = READ_PAYLOAD;
-      return 0;
-    }
-    conn->payload_index++;
-  }
-  deliver_frame(conn);
-  return 0;
-}
-
-/* Where the current part's unread bytes go, and how many are left. */
-static char *part_target(conn_t *conn, size_t *left) {
-  switch (conn->read_state) {
-  case READ_HEADER:
-    *left = EMBER_WIRE_HEADER_SIZE - conn->have;
-    return (char *)conn->header_bytes + conn->have;
-  case READ_LENGTHS:
-    *left = 8 * (size_t)conn->header.tensor_count - conn->have;
-    return (char *)conn->lengths_bytes + conn->have;
-  case READ_BODY:
-    *left = conn->header.body_len - conn->have;
-    return conn->frame.body + conn->have;
-  case READ_PAYLOAD: {
-    ember_tensor_t *raw = conn->frame.payloads[conn->payload_index];
-    *left = raw->storage->nbytes - conn->have;
-    return (char *)raw->storage->data + conn->have;
-  }
-  }
-  *left = 0;
-  return NULL;
-}
-
-/* The current part is complete: move on. Returns -1 if the connection closed. */
-static int finish_part(conn_t *conn) {
-  switch (conn->read_state) {
-  case READ_HEADER:
-    if (begin_frame(conn) != 0)
-      return -1;
-    if (conn->read_state == READ_BODY)
-      return begin_body(conn) != 0 ? -1 : (conn->header.body_len == 0 ? finish_part(conn) : 0);
-    return 0;
-  case READ_LENGTHS:
-    if (ember_wire_unpack_lengths(conn->lengths_bytes,
-                                  conn->header.tensor_count, conn_limits(conn),
-                                  conn->lengths) != 0) {
-      conn_close(conn, EMBER_EINVAL, "bad frame: %s", ember_wire_error());
-      return -1;
-    }
-    if (begin_body(conn) != 0)
-      return -1;
-    return conn->header.body_len == 0 ? finish_part(conn) : 0;
-  case READ_BODY:
-    conn->payload_index = 0;
-    return begin_payload(conn);
-  case READ_PAYLOAD:
-    conn->payload_index++;
-    return begin_payload(conn);
+               header->kind);
+    return UV_ECANCELED;
   }
   return 0;
 }
 
+static int frame_cb(void *user, ember_frame_t *frame) {
+  conn_t *conn = user;
+  deliver_frame(conn, frame);
+  if (conn->state == CONN_CLOSING)
+    return UV_ECANCELED;
+  /* The handshake may have made the connection ready. */
+  ember_frame_reader_set_limits(conn->reader, conn_limits(conn));
+  return 0;
+}
+
+/* Big parts of a frame are read straight into its own memory (a tensor
+** payload into its final storage), the rest through the staging buffer. */
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   conn_t *conn = handle->data;
-  size_t left = 0;
-  char *target = NULL;
+  size_t room = 0;
+  char *target = ember_frame_reader_direct(conn->reader, &room);
   (void)suggested;
-  if (conn->read_state == READ_BODY || conn->read_state == READ_PAYLOAD)
-    target = part_target(conn, &left);
-  if (target != NULL && left >= DIRECT_READ_MIN) {
+  if (target != NULL && room >= DIRECT_READ_MIN) {
     conn->reading_direct = 1;
-    *buf = uv_buf_init(target, left > 0x40000000u ? 0x40000000u : (unsigned)left);
+    *buf = uv_buf_init(target, room > 0x40000000u ? 0x40000000u
+                                                  : (unsigned)room);
     return;
   }
   conn->reading_direct = 0;
   *buf = uv_buf_init(conn->staging, STAGING_BYTES);
 }
 
-/* Feeds staged bytes through the frame parser. */
-static void consume(conn_t *conn, const char *data, size_t len) {
-  while (len > 0 && conn->state != CONN_CLOSING) {
-    size_t left;
-    char *target = part_target(conn, &left);
-    size_t n = len < left ? len : left;
-    memcpy(target, data, n);
-    conn->have += n;
-    data += n;
-    len -= n;
-    if (n == left && finish_part(conn) != 0)
-      return;
-  }
-}
-
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn_t *conn = stream->data;
+  int err;
   (void)buf;
   if (nread < 0) {
     if (conn->peer == NULL && conn->state != CONN_READY)
@@ -1286,19 +1151,24 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (conn->peer != NULL)
     conn->peer->stats.bytes_in += (uint64_t)nread;
   note_io(conn->t);
-  if (conn->reading_direct) {
-    size_t left;
-    part_target(conn, &left);
-    conn->have += (size_t)nread;
-    if ((size_t)nread == left)
-      finish_part(conn);
-    return;
-  }
-  consume(conn, conn->staging, (size_t)nread);
+  if (conn->reading_direct)
+    err = ember_frame_reader_advance(conn->reader, (size_t)nread);
+  else
+    err = ember_frame_reader_feed(conn->reader, conn->staging, (size_t)nread);
+  if (err != 0 && conn->state != CONN_CLOSING)
+    conn_close(conn, err, err == EMBER_EINVAL ? "bad frame: %s" : "%s",
+               ember_frame_reader_error(conn->reader));
 }
 
 static void conn_start_reading(conn_t *conn) {
-  int err = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
+  ember_frame_reader_callbacks_t cb = {conn, header_cb, frame_cb};
+  int err;
+  if (conn->reader == NULL &&
+      (conn->reader = ember_frame_reader_new(conn_limits(conn), &cb)) == NULL) {
+    conn_close(conn, EMBER_ENOMEM, "out of memory");
+    return;
+  }
+  err = uv_read_start((uv_stream_t *)&conn->tcp, alloc_cb, read_cb);
   if (err != 0)
     conn_close(conn, err, "cannot read: %s", uv_strerror(err));
 }

@@ -29,20 +29,11 @@
 
 #include <stdint.h>
 
+#include "frame_reader.h" /* ember_frame_t, ember_frame_free */
 #include "loop.h"
 #include "wire.h"
 
 typedef struct ember_transport_s ember_transport_t;
-
-/* A complete incoming frame. The callee takes ownership of `body` (free) and of
-** every tensor in `payloads` (release each, then free the array). */
-typedef struct {
-  ember_frame_header_t header;
-  char *body;
-  ember_tensor_t **payloads;
-} ember_frame_t;
-
-void ember_frame_free(ember_frame_t *frame);
 
 typedef struct {
   void *user;

@@ -123,7 +123,8 @@ int ember_wire_unpack_header(const uint8_t in[EMBER_WIRE_HEADER_SIZE],
                              ember_frame_header_t *out);
 
 /* Checks the tensor lengths table (count entries of u64) against the limits
-** and fills lengths[] (caller-sized). */
+** and fills lengths[] (caller-sized). `lengths` may be `in` itself (8-byte
+** aligned): each entry is read whole before its slot is written. */
 int ember_wire_unpack_lengths(const uint8_t *in, uint32_t count,
                               const ember_wire_limits_t *limits,
                               uint64_t *lengths);

@@ -4,6 +4,7 @@
 ** stranger while the peers keep talking.
 */
 #include <string.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "check.h"
@@ -324,6 +325,84 @@ static void test_bad_input_keeps_serving(void) {
   close_all(loop, &a, &b);
 }
 
+/* --- stderr, where the transport says why it closed a connection ---------- */
+
+typedef struct {
+  int saved;
+  FILE *file;
+} capture_t;
+
+static void capture_stderr(capture_t *c) {
+  fflush(stderr);
+  c->file = tmpfile();
+  CHECK(c->file != NULL);
+  c->saved = dup(2);
+  CHECK(c->saved >= 0 && dup2(fileno(c->file), 2) >= 0);
+}
+
+/* Restores stderr and returns what was written to it (echoed there too). */
+static void end_capture(capture_t *c, char *out, size_t size) {
+  size_t n;
+  fflush(stderr);
+  CHECK(dup2(c->saved, 2) >= 0);
+  close(c->saved);
+  rewind(c->file);
+  n = fread(out, 1, size - 1, c->file);
+  out[n] = '\0';
+  fclose(c->file);
+  fputs(out, stderr);
+}
+
+/*
+** A HELLO whose 5-byte body declares an array of 2^32-1 elements (msgpack-c
+** would allocate 96 GiB of objects for it) is refused by the count check
+** before anything is parsed; the log names the count, and b goes on serving.
+*/
+static void test_hello_with_a_huge_count_is_refused(void) {
+  ember_loop_t *loop;
+  side_t a, b;
+  int pa, pb;
+  capture_t capture;
+  char log[2048];
+  char frame[EMBER_WIRE_HEADER_SIZE + 5];
+  ember_frame_header_t h = {EMBER_WIRE_VERSION, EMBER_MSG_HELLO, 0, 0, 5, 0};
+  CHECK(ember_loop_new(&loop) == 0);
+  make_side(loop, &a, "a", 0, NULL, &pa);
+  make_side(loop, &b, "b", 1, NULL, &pb);
+  CHECK(ember_transport_add_peer(a.t, 1, "b", "127.0.0.1", pb) == 0);
+  CHECK(ember_transport_add_peer(b.t, 0, "a", "127.0.0.1", pa) == 0);
+  ember_wire_pack_header(&h, (uint8_t *)frame);
+  memcpy(frame + EMBER_WIRE_HEADER_SIZE, "\xdd\xff\xff\xff\xff", 5);
+
+  capture_stderr(&capture);
+  send_as_stranger(loop, pb, frame, sizeof(frame));
+  end_capture(&capture, log, sizeof(log));
+  CHECK(strstr(log, "closing the connection with 127.0.0.1:") != NULL);
+  CHECK(strstr(log, "bad handshake") != NULL);
+  CHECK(strstr(log, "array of 4294967295 elements") != NULL);
+  CHECK_EQ(b.unknown, 0);
+
+  /* The same count inside a well-formed HELLO's array. */
+  h.body_len = 7;
+  ember_wire_pack_header(&h, (uint8_t *)frame);
+  {
+    char hello[EMBER_WIRE_HEADER_SIZE + 7];
+    memcpy(hello, frame, EMBER_WIRE_HEADER_SIZE);
+    memcpy(hello + EMBER_WIRE_HEADER_SIZE, "\x93\xc0\xdd\xff\xff\xff\xff",
+           7);
+    capture_stderr(&capture);
+    send_as_stranger(loop, pb, hello, sizeof(hello));
+    end_capture(&capture, log, sizeof(log));
+    CHECK(strstr(log, "array of 4294967295 elements at depth 2") != NULL);
+  }
+
+  send_text(&a, 1, EMBER_MSG_REQUEST, 1, "still there?");
+  RUN_UNTIL(loop, b.frames == 1);
+  CHECK(strcmp(b.last_body + 1, "still there?") == 0);
+  CHECK_EQ(a.lost + b.lost, 0);
+  close_all(loop, &a, &b);
+}
+
 /* --- The agent ---------------------------------------------------------------- */
 
 typedef struct {
@@ -418,4 +497,5 @@ CHECK_MAIN(CHECK_TEST(test_frames_both_ways),
            CHECK_TEST(test_tensor_payload),
            CHECK_TEST(test_wrong_secret), CHECK_TEST(test_secret_matches),
            CHECK_TEST(test_bad_input_keeps_serving),
+           CHECK_TEST(test_hello_with_a_huge_count_is_refused),
            CHECK_TEST(test_agent_calls_and_timeouts))
