@@ -16,7 +16,7 @@
 **   store/      the bytes a store client sent on one connection
 **   handshake/  1 mode byte (bit 0 secret, bit 1 the transport connects) +
 **               the bytes the far side sent
-**   frame/      1 byte c + c chunk sizes + a stream of frames
+**   frame/      1 byte (flags | c) + c chunk sizes + a stream of frames
 **
 ** scripts/fuzz --corpus rebuilds it (the nonces in the handshakes are random,
 ** so the files change on every run; the spec/fuzz/corpus copy is committed).
@@ -337,13 +337,15 @@ static void write_stream_seeds(const char *name, uint8_t mode, const bytes_t *s,
   snprintf(file, sizeof file, "%s_all", name);
   write_file("handshake", file, &mode, 1, s->data, s->len);
   static const uint8_t whole[] = {0}, bytewise[] = {1, 0},
-                       mixed[] = {3, 6, 99, 255};
+                       mixed[] = {3, 6, 99, 255}, direct[] = {0x12, 100, 0};
   snprintf(file, sizeof file, "%s_whole", name);
   write_file("frame", file, whole, sizeof whole, s->data, s->len);
   snprintf(file, sizeof file, "%s_bytewise", name);
   write_file("frame", file, bytewise, sizeof bytewise, s->data, s->len);
   snprintf(file, sizeof file, "%s_mixed", name);
   write_file("frame", file, mixed, sizeof mixed, s->data, s->len);
+  snprintf(file, sizeof file, "%s_direct", name);
+  write_file("frame", file, direct, sizeof direct, s->data, s->len);
 }
 
 /*
