@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -95,8 +96,20 @@ static inline int fuzz_socket_connect(int port) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons((uint16_t)port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  FUZZ_ASSERT(connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0,
-              "connect to port %d: %s", port, strerror(errno));
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    /* Interrupted (libFuzzer's timers signal the process): the connection
+    ** goes on in the kernel; wait for it and read how it ended. */
+    struct pollfd pfd = {fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    FUZZ_ASSERT(errno == EINTR, "connect to port %d: %s", port,
+                strerror(errno));
+    while (poll(&pfd, 1, -1) < 0)
+      FUZZ_ASSERT(errno == EINTR, "poll: %s", strerror(errno));
+    FUZZ_ASSERT(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+                    err == 0,
+                "connect to port %d: %s", port, strerror(err));
+  }
   return fd;
 }
 
