@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define CHECK(expr)                                                            \
   do {                                                                         \
@@ -48,5 +49,35 @@ static inline int check_run(const check_test_t *tests, size_t count) {
     static const check_test_t tests[] = {__VA_ARGS__};                         \
     return check_run(tests, sizeof(tests) / sizeof(tests[0]));                 \
   }
+
+/* --- stderr, where the core says why it did something ----------------------- */
+
+typedef struct {
+  int saved;
+  FILE *file;
+} check_capture_t;
+
+/* From now on, what is written to stderr goes to a temporary file. */
+static inline void check_capture_begin(check_capture_t *c) {
+  fflush(stderr);
+  c->file = tmpfile();
+  CHECK(c->file != NULL);
+  c->saved = dup(2);
+  CHECK(c->saved >= 0 && dup2(fileno(c->file), 2) >= 0);
+}
+
+/* Restores stderr and returns what was written to it (echoed there too). */
+static inline void check_capture_end(check_capture_t *c, char *out,
+                                     size_t size) {
+  size_t n;
+  fflush(stderr);
+  CHECK(dup2(c->saved, 2) >= 0);
+  close(c->saved);
+  rewind(c->file);
+  n = fread(out, 1, size - 1, c->file);
+  out[n] = '\0';
+  fclose(c->file);
+  fputs(out, stderr);
+}
 
 #endif

@@ -99,32 +99,6 @@ static int drain_hung_up(int fd) {
   }
 }
 
-/* What the transports log on stderr between begin and end (then echoed). */
-typedef struct {
-  FILE *file;
-  int saved;
-  char text[4096];
-} capture_t;
-
-static void capture_begin(capture_t *c) {
-  fflush(stderr);
-  CHECK((c->file = tmpfile()) != NULL);
-  c->saved = dup(2);
-  CHECK(dup2(fileno(c->file), 2) == 2);
-}
-
-static void capture_end(capture_t *c) {
-  size_t n;
-  fflush(stderr);
-  CHECK(dup2(c->saved, 2) == 2);
-  close(c->saved);
-  rewind(c->file);
-  n = fread(c->text, 1, sizeof(c->text) - 1, c->file);
-  c->text[n] = '\0';
-  fclose(c->file);
-  fputs(c->text, stderr);
-}
-
 /* Turns the loop in 5 ms steps, up to ~2 s, until `cond` holds. */
 #define RUN_UNTIL(loop, cond)                                                  \
   do {                                                                         \
@@ -250,18 +224,19 @@ static void test_unauthenticated_peer_refused(void) {
   start_world(&loop, &a, &b, &pa, &pb);
   for (size_t i = 0; i < 2; i++) {
     frame_buf_t out = {{0}, 0};
-    capture_t log;
+    check_capture_t capture;
+    char log[4096];
     int fd = connect_raw(pa);
     append_frame(&out, EMBER_MSG_HELLO, pack_hello, NULL);
     append_frame(&out, EMBER_MSG_AUTH, pack_auth, &proof_lengths[i]);
     append_frame(&out, EMBER_MSG_REQUEST, pack_text, "let me in");
-    capture_begin(&log);
+    check_capture_begin(&capture);
     write_all(fd, out.bytes, out.len);
     RUN_UNTIL(loop, drain_hung_up(fd));
-    capture_end(&log);
+    check_capture_end(&capture, log, sizeof(log));
     close(fd);
-    CHECK(strstr(log.text, "'d' failed the handshake") != NULL);
-    CHECK(strstr(log.text, reasons[i]) != NULL);
+    CHECK(strstr(log, "'d' failed the handshake") != NULL);
+    CHECK(strstr(log, reasons[i]) != NULL);
   }
   CHECK_EQ(a.frames, 1);
   check_world_still_talks(loop, &a, &b, 1);
@@ -277,16 +252,17 @@ static void test_frame_before_handshake_refused(void) {
   frame_buf_t out = {{0}, 0};
   int fd;
   start_world(&loop, &a, &b, &pa, &pb);
-  capture_t log;
+  check_capture_t capture;
+  char log[4096];
   fd = connect_raw(pa);
   append_frame(&out, EMBER_MSG_REQUEST, pack_text, "no hello");
   append_frame(&out, EMBER_MSG_HELLO, pack_hello, NULL);
-  capture_begin(&log);
+  check_capture_begin(&capture);
   write_all(fd, out.bytes, out.len);
   RUN_UNTIL(loop, drain_hung_up(fd));
-  capture_end(&log);
+  check_capture_end(&capture, log, sizeof(log));
   close(fd);
-  CHECK(strstr(log.text, "before the handshake") != NULL);
+  CHECK(strstr(log, "before the handshake") != NULL);
   CHECK_EQ(a.frames, 1);
   check_world_still_talks(loop, &a, &b, 1);
   stop_world(loop, &a, &b);
@@ -367,16 +343,17 @@ static void test_replayed_handshake_refused(void) {
   {
     side_t a2;
     int pa2;
-    capture_t log;
+    check_capture_t capture;
+  char log[4096];
     make_side(loop, &a2, "a", 0, &pa2);
     CHECK(ember_transport_add_peer(a2.t, 2, "c", "127.0.0.1", pc) == 0);
     fd = connect_raw(pa2);
-    capture_begin(&log);
+    check_capture_begin(&capture);
     write_all(fd, p.c_to_a.bytes, p.c_to_a.len);
     RUN_UNTIL(loop, drain_hung_up(fd));
-    capture_end(&log);
+    check_capture_end(&capture, log, sizeof(log));
     close(fd);
-    CHECK(strstr(log.text, "'c' failed the handshake: wrong proof") != NULL);
+    CHECK(strstr(log, "'c' failed the handshake: wrong proof") != NULL);
     CHECK_EQ(a2.frames, 0);
     ember_transport_close(a2.t);
   }

@@ -543,32 +543,6 @@ static void test_faults_drop_and_delay(void) {
 
 /* --- stderr, where the transport says why it closed a connection ---------- */
 
-typedef struct {
-  int saved;
-  FILE *file;
-} capture_t;
-
-static void capture_stderr(capture_t *c) {
-  fflush(stderr);
-  c->file = tmpfile();
-  CHECK(c->file != NULL);
-  c->saved = dup(2);
-  CHECK(c->saved >= 0 && dup2(fileno(c->file), 2) >= 0);
-}
-
-/* Restores stderr and returns what was written to it (echoed there too). */
-static void end_capture(capture_t *c, char *out, size_t size) {
-  size_t n;
-  fflush(stderr);
-  CHECK(dup2(c->saved, 2) >= 0);
-  close(c->saved);
-  rewind(c->file);
-  n = fread(out, 1, size - 1, c->file);
-  out[n] = '\0';
-  fclose(c->file);
-  fputs(out, stderr);
-}
-
 /*
 ** A HELLO whose 5-byte body declares an array of 2^32-1 elements (msgpack-c
 ** would allocate 96 GiB of objects for it) is refused by the count check
@@ -578,7 +552,7 @@ static void test_hello_with_a_huge_count_is_refused(void) {
   ember_loop_t *loop;
   side_t a, b;
   int pa, pb;
-  capture_t capture;
+  check_capture_t capture;
   char log[2048];
   char frame[EMBER_WIRE_HEADER_SIZE + 5];
   ember_frame_header_t h = {EMBER_WIRE_VERSION, EMBER_MSG_HELLO, 0, 0, 5, 0};
@@ -590,9 +564,9 @@ static void test_hello_with_a_huge_count_is_refused(void) {
   ember_wire_pack_header(&h, (uint8_t *)frame);
   memcpy(frame + EMBER_WIRE_HEADER_SIZE, "\xdd\xff\xff\xff\xff", 5);
 
-  capture_stderr(&capture);
+  check_capture_begin(&capture);
   send_as_stranger(loop, pb, frame, sizeof(frame));
-  end_capture(&capture, log, sizeof(log));
+  check_capture_end(&capture, log, sizeof(log));
   CHECK(strstr(log, "closing the connection with 127.0.0.1:") != NULL);
   CHECK(strstr(log, "bad handshake") != NULL);
   CHECK(strstr(log, "array of 4294967295 elements") != NULL);
@@ -606,9 +580,9 @@ static void test_hello_with_a_huge_count_is_refused(void) {
     memcpy(hello, frame, EMBER_WIRE_HEADER_SIZE);
     memcpy(hello + EMBER_WIRE_HEADER_SIZE, "\x93\xc0\xdd\xff\xff\xff\xff",
            7);
-    capture_stderr(&capture);
+    check_capture_begin(&capture);
     send_as_stranger(loop, pb, hello, sizeof(hello));
-    end_capture(&capture, log, sizeof(log));
+    check_capture_end(&capture, log, sizeof(log));
     CHECK(strstr(log, "array of 4294967295 elements at depth 2") != NULL);
   }
 
