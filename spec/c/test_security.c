@@ -17,6 +17,7 @@
 
 #include "check.h"
 #include "error.h"
+#include "run_until.h"
 #include "transport.h"
 
 #define SECRET "the world's secret"
@@ -98,18 +99,6 @@ static int drain_hung_up(int fd) {
     return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : 1;
   }
 }
-
-/* Turns the loop in 5 ms steps, up to ~2 s, until `cond` holds. */
-#define RUN_UNTIL(loop, cond)                                                  \
-  do {                                                                         \
-    ember_future_t *tick_;                                                     \
-    for (int i_ = 0; i_ < 400 && !(cond); i_++) {                              \
-      CHECK(ember_loop_timer((loop), 5, &tick_) == 0);                         \
-      ember_loop_run_until((loop), tick_);                                     \
-      ember_future_release(tick_);                                             \
-    }                                                                          \
-    CHECK(cond);                                                               \
-  } while (0)
 
 /* --- Frames a stranger writes by hand ------------------------------------------ */
 

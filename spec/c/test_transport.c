@@ -9,6 +9,7 @@
 #include "agent.h"
 #include "check.h"
 #include "error.h"
+#include "run_until.h"
 
 typedef struct {
   ember_transport_t *t;
@@ -106,26 +107,6 @@ static void send_text(side_t *from, int to, int kind, uint64_t id,
   memcpy(packed + 1, text, len);
   CHECK(ember_wire_msg_write(&msg, packed, len + 1) == 0);
   CHECK(ember_transport_send(from->t, to, kind, 0, id, &msg) == 0);
-}
-
-/* Runs the loop until `cond` holds or ~2 s pass. */
-#define RUN_UNTIL(loop, cond)                                                  \
-  do {                                                                         \
-    ember_future_t *tick_;                                                     \
-    for (int i_ = 0; i_ < 400 && !(cond); i_++) {                              \
-      CHECK(ember_loop_timer((loop), 5, &tick_) == 0);                         \
-      ember_loop_run_until((loop), tick_);                                     \
-      ember_future_release(tick_);                                             \
-    }                                                                          \
-    CHECK(cond);                                                               \
-  } while (0)
-
-/* Runs the loop for about `ms` milliseconds. */
-static void run_for(ember_loop_t *loop, uint64_t ms) {
-  ember_future_t *timer;
-  CHECK(ember_loop_timer(loop, ms, &timer) == 0);
-  ember_loop_run_until(loop, timer);
-  ember_future_release(timer);
 }
 
 static double seconds_since(uint64_t start_ns) {
