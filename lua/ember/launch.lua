@@ -82,6 +82,12 @@ function launch.parse_address(text)
   return host, port
 end
 
+-- Whether `text` can be an address to listen on (a name, IPv4 or IPv6
+-- address: nothing a shell or a URL would read otherwise).
+function launch.is_listen_address(text)
+  return type(text) == "string" and text:match("^[%w%.:%-]+$") ~= nil
+end
+
 local CHECKS = {
   nproc = function(value)
     local n = whole_number(value)
@@ -107,7 +113,7 @@ local CHECKS = {
     return seconds
   end,
   listen = function(value)
-    if not value:match("^[%w%.:%-]+$") then
+    if not launch.is_listen_address(value) then
       return nil, "an address such as 0.0.0.0 or 10.0.0.5"
     end
     return value

@@ -784,8 +784,8 @@ local function read_listen(opts, fname)
   local listen = opts.listen
   if listen == nil then listen = os.getenv("EMBER_LISTEN") end
   if listen == "" then listen = nil end
-  if listen ~= nil and (type(listen) ~= "string" or
-      not listen:match("^[%w%.:%-]+$")) then
+  if listen ~= nil and not require("ember.launch").is_listen_address(listen)
+  then
     fail("EINVAL", "%s: listen must be an address such as 0.0.0.0 or "
       .. "10.0.0.5, got %s", fname, type(listen) == "string"
       and ("'" .. listen .. "'") or type(listen))
